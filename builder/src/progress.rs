@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Progress on stderr: numbered step lines (also when stderr is a log file)
+//! and byte bars that indicatif draws only on a terminal.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub struct Progress {
+    total: usize,
+    n: Cell<usize>,
+    start: Instant,
+    quiet: bool,
+}
+
+impl Progress {
+    pub fn new(total: usize) -> Progress {
+        Progress {
+            total,
+            n: Cell::new(0),
+            start: Instant::now(),
+            quiet: false,
+        }
+    }
+
+    /// No output at all (library use, tests).
+    pub fn quiet(total: usize) -> Progress {
+        Progress {
+            quiet: true,
+            ..Progress::new(total)
+        }
+    }
+
+    pub fn step(&self, what: &str) {
+        self.n.set(self.n.get() + 1);
+        if !self.quiet {
+            eprintln!(
+                "airlock: [{}/{}] {what} ({:.1}s)",
+                self.n.get().min(self.total),
+                self.total,
+                self.start.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    pub fn note(&self, what: &str) {
+        if !self.quiet {
+            eprintln!("airlock: note: {what}");
+        }
+    }
+
+    /// A byte bar; `len` 0 means unknown length (a spinner with a count).
+    pub fn bytes(&self, len: u64, what: &str) -> ProgressBar {
+        if self.quiet {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::with_draw_target(Some(len).filter(|l| *l > 0), ProgressDrawTarget::stderr());
+        let style = if len > 0 {
+            ProgressStyle::with_template("  {msg:24!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        } else {
+            ProgressStyle::with_template("  {spinner} {msg:24!} {bytes} {bytes_per_sec}")
+        };
+        bar.set_style(style.expect("valid template").progress_chars("=> "));
+        bar.set_message(what.to_string());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    }
+
+    pub fn finish(&self) {
+        if !self.quiet {
+            eprintln!("airlock: done in {:.1}s", self.start.elapsed().as_secs_f64());
+        }
+    }
+}
