@@ -93,6 +93,8 @@ pub fn build(opts: &BuildOptions) -> Result<Report> {
     copy_overlays(&cx, &root)?;
     enable_units(&cx, &root)?;
     st.notes.extend(reset_identity(&cx, &root)?);
+    // Last: nothing in the image may carry the build's wall-clock time.
+    root.clamp_mtimes(cx.epoch)?;
     check_fits(&root, &layout)?;
     let raw_name = format!("{}.raw", cx.loaded.recipe.name.get_ref());
     let raw = staging.path(&raw_name);
