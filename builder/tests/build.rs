@@ -264,3 +264,25 @@ fn unpinned_input_uses_the_lock() {
     assert!(lock.contains(&base_sha), "{lock}");
     run_ok(fx.build(&recipe, "out"));
 }
+
+#[test]
+fn building_without_root_says_so() {
+    if !is_root() || !have("setpriv") {
+        return;
+    }
+    let fx = Fixture::new();
+    let recipe = fx.write_recipe(&fx.recipe_text());
+    // The fixture folder must be readable by the unprivileged user.
+    Command::new("chmod").arg("755").arg(fx.dir.path()).status().unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_airlock"))
+        .arg("build")
+        .arg(&recipe)
+        .arg("--out")
+        .arg("/nonexistent/out")
+        .output()
+        .unwrap();
+    let err = run_err(out);
+    assert!(err.contains("needs root") && err.contains("sudo"), "{err}");
+}
