@@ -68,6 +68,15 @@ pub(crate) trait CommandRunExt {
     fn run(&mut self) -> Result<()>;
     /// Runs and returns stdout as a string.
     fn run_get_string(&mut self) -> Result<String>;
+    /// Runs with `input` (if any) streamed to stdin, handing every line the
+    /// program prints on stdout or stderr to `echo` as it arrives. A
+    /// non-zero exit, or a failure reading `input`, is an error carrying the
+    /// command line and the last lines of stderr.
+    fn run_streaming(
+        &mut self,
+        input: Option<&mut (dyn Read + Send)>,
+        echo: &mut dyn FnMut(&str),
+    ) -> Result<()>;
 }
 
 impl CommandRunExt for Command {
@@ -80,6 +89,14 @@ impl CommandRunExt for Command {
         self.stdout(Stdio::piped());
         let out = run_inner(self)?;
         String::from_utf8(out).with_context(|| format!("reading output of {}", shell_line(self)))
+    }
+
+    fn run_streaming(
+        &mut self,
+        input: Option<&mut (dyn Read + Send)>,
+        echo: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        streaming::run(self, input, echo)
     }
 }
 
@@ -102,9 +119,7 @@ fn run_inner(cmd: &mut Command) -> Result<Vec<u8>> {
         .stderr(errfile.try_clone().context("duplicating stderr file")?)
         .env("LANG", "C.UTF-8")
         .env("LC_ALL", "C.UTF-8");
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {line}"))?;
+    let child = cmd.spawn().with_context(|| format!("starting {line}"))?;
     let out = child
         .wait_with_output()
         .with_context(|| format!("waiting for {line}"))?;
@@ -125,6 +140,125 @@ fn run_inner(cmd: &mut Command) -> Result<Vec<u8>> {
     bail!("command failed ({status}): {line}\n{tail}")
 }
 
+mod streaming {
+    use std::collections::VecDeque;
+    use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+
+    use anyhow::{bail, Context, Result};
+
+    use super::shell_line;
+
+    /// stderr lines kept for the error message.
+    const TAIL_LINES: usize = 40;
+
+    enum Fed {
+        Done,
+        /// The program exited (or closed stdin) before reading everything.
+        Closed,
+        ReadFailed(std::io::Error),
+        WriteFailed(std::io::Error),
+    }
+
+    fn feed(input: &mut (dyn Read + Send), stdin: &mut dyn Write) -> Fed {
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) => return Fed::Done,
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Fed::ReadFailed(e),
+            };
+            match stdin.write_all(&buf[..n]) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::BrokenPipe => return Fed::Closed,
+                Err(e) => return Fed::WriteFailed(e),
+            }
+        }
+    }
+
+    pub(super) fn run(
+        cmd: &mut Command,
+        input: Option<&mut (dyn Read + Send)>,
+        echo: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let line = shell_line(cmd);
+        tracing::debug!("+ {line}");
+        let stdin = if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
+        cmd.stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("LANG", "C.UTF-8")
+            .env("LC_ALL", "C.UTF-8");
+        let mut child = cmd.spawn().with_context(|| format!("starting {line}"))?;
+        let stdin = child.stdin.take();
+        let pipes: [(bool, Box<dyn Read + Send>); 2] = [
+            (false, Box::new(child.stdout.take().expect("piped stdout"))),
+            (true, Box::new(child.stderr.take().expect("piped stderr"))),
+        ];
+        let mut tail = VecDeque::new();
+        let (fed, status) = std::thread::scope(|s| {
+            let feeder = s.spawn(move || match (input, stdin) {
+                // Dropping stdin at the end gives the program end-of-file.
+                (Some(input), Some(mut stdin)) => feed(input, &mut stdin),
+                _ => Fed::Done,
+            });
+            let (tx, rx) = mpsc::channel::<(bool, String)>();
+            for (is_stderr, pipe) in pipes {
+                let tx = tx.clone();
+                s.spawn(move || {
+                    for l in BufReader::new(pipe).split(b'\n') {
+                        let Ok(l) = l else { break };
+                        let text = String::from_utf8_lossy(&l)
+                            .trim_end_matches('\r')
+                            .to_string();
+                        if tx.send((is_stderr, text)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            for (is_stderr, text) in rx {
+                echo(&text);
+                if is_stderr {
+                    tail.push_back(text);
+                    if tail.len() > TAIL_LINES {
+                        tail.pop_front();
+                    }
+                }
+            }
+            (feeder.join().unwrap_or(Fed::Done), child.wait())
+        });
+        let status = status.with_context(|| format!("waiting for {line}"))?;
+        let tail = Vec::from(tail).join("\n");
+        if !status.success() {
+            let read = match &fed {
+                Fed::ReadFailed(e) => format!(" (after reading its input failed: {e})"),
+                _ => String::new(),
+            };
+            if tail.trim().is_empty() {
+                bail!("command failed ({status}){read}: {line}")
+            }
+            bail!("command failed ({status}){read}: {line}\n{}", tail.trim())
+        }
+        match fed {
+            // Tar readers stop at the end-of-archive blocks and may leave
+            // padding unread; the exit status is what counts.
+            Fed::Done | Fed::Closed => Ok(()),
+            Fed::ReadFailed(e) => Err(e).with_context(|| format!("reading the input of {line}")),
+            Fed::WriteFailed(e) => {
+                Err(e).with_context(|| format!("writing to the input of {line}"))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,7 +266,10 @@ mod tests {
     #[test]
     fn success_and_output() {
         Command::new("true").run().unwrap();
-        let s = Command::new("echo").arg("hello world").run_get_string().unwrap();
+        let s = Command::new("echo")
+            .arg("hello world")
+            .run_get_string()
+            .unwrap();
         assert_eq!(s, "hello world\n");
     }
 
@@ -154,6 +291,55 @@ mod tests {
         assert!(format!("{err:#}").contains("airlock-no-such-tool"));
         let err = require_tool("airlock-no-such-tool").unwrap_err();
         assert!(format!("{err:#}").contains("not found on PATH"));
+    }
+
+    #[test]
+    fn streaming_feeds_stdin_and_echoes_both_streams() {
+        let mut input: &[u8] = b"one\ntwo\n";
+        let mut lines = Vec::new();
+        Command::new("sh")
+            .args([
+                "-c",
+                "while read l; do echo \"out $l\"; done; echo 'err line' >&2",
+            ])
+            .run_streaming(Some(&mut input), &mut |l| lines.push(l.to_string()))
+            .unwrap();
+        lines.sort();
+        assert_eq!(lines, ["err line", "out one", "out two"]);
+    }
+
+    #[test]
+    fn streaming_failures_carry_stderr_and_input_errors() {
+        let err = Command::new("sh")
+            .args(["-c", "cat >/dev/null; echo 'bad tar' >&2; exit 2"])
+            .run_streaming(Some(&mut &b"data"[..]), &mut |_| {})
+            .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("bad tar") && msg.contains("exit status: 2"),
+            "{msg}"
+        );
+
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("corrupt deflate stream"))
+            }
+        }
+        let err = Command::new("cat")
+            .run_streaming(Some(&mut Broken), &mut |_| {})
+            .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("reading the input of cat") && msg.contains("corrupt deflate"),
+            "{msg}"
+        );
+
+        // A program that stops reading early but succeeds is fine.
+        let big = vec![0u8; 4 << 20];
+        Command::new("true")
+            .run_streaming(Some(&mut &big[..]), &mut |_| {})
+            .unwrap();
     }
 
     #[test]

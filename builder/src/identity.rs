@@ -70,7 +70,10 @@ pub fn resolve_id(root: &Root, id: &crate::recipe::Id, group: bool) -> Result<u3
         crate::recipe::Id::Name(name) => {
             let file = if group { "etc/group" } else { "etc/passwd" };
             lookup_id(&read_text(root, file)?, name, 2).with_context(|| {
-                format!("{} {name:?} does not exist in the image's /{file}", if group { "group" } else { "user" })
+                format!(
+                    "{} {name:?} does not exist in the image's /{file}",
+                    if group { "group" } else { "user" }
+                )
             })
         }
     }
@@ -98,7 +101,11 @@ pub fn add_user(root: &Root, u: &User, sudoers: &str, epoch: i64) -> Result<(u32
         .find(|i| !uids.contains(i) && !gids.contains(i))
         .context("no free uid between 1000 and 60000")?;
     let gid = uid;
-    let shell = if root.exists("bin/bash") { "/bin/bash" } else { "/bin/sh" };
+    let shell = if root.exists("bin/bash") {
+        "/bin/bash"
+    } else {
+        "/bin/sh"
+    };
     let home = format!("home/{name}");
 
     let admin = ["sudo", "wheel"]
@@ -115,11 +122,23 @@ pub fn add_user(root: &Root, u: &User, sudoers: &str, epoch: i64) -> Result<(u32
             bail!("user {name}: group {g:?} does not exist in the image's /etc/group");
         }
     }
-    append_line(root, "etc/passwd", &format!("{name}:x:{uid}:{gid}:{name}:/{home}:{shell}"), 0o644, epoch)?;
+    append_line(
+        root,
+        "etc/passwd",
+        &format!("{name}:x:{uid}:{gid}:{name}:/{home}:{shell}"),
+        0o644,
+        epoch,
+    )?;
     // "*" (not "!"): no password login, but the account is not locked, so
     // OpenSSH still accepts its keys.
     let hash = u.password_hash.as_deref().unwrap_or("*");
-    append_line(root, "etc/shadow", &format!("{name}:{hash}:{}:0:99999:7:::", epoch / 86400), 0o640, epoch)?;
+    append_line(
+        root,
+        "etc/shadow",
+        &format!("{name}:{hash}:{}:0:99999:7:::", epoch / 86400),
+        0o640,
+        epoch,
+    )?;
     let mut new_group = String::new();
     for line in group.lines() {
         let f = fields(line);
@@ -203,11 +222,24 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = Root::create(&d.path().join("root")).unwrap();
         let a = Attrs::root(0o644, 0);
-        root.write_file("etc/passwd", &mut &b"root:x:0:0:root:/root:/bin/bash\nuser1:x:1000:1000::/home/user1:/bin/sh\n"[..], &a).unwrap();
-        root.write_file("etc/shadow", &mut &b"root:*:19000:0:99999:7:::\n"[..], &a).unwrap();
-        root.write_file("etc/group", &mut &b"root:x:0:\nshadow:x:42:\nsudo:x:27:\nuser1:x:1000:\n"[..], &a).unwrap();
-        root.write_file("etc/ssh/ssh_host_ed25519_key", &mut &b"secret"[..], &a).unwrap();
-        root.write_file("var/lib/dbus/machine-id", &mut &b"0123"[..], &a).unwrap();
+        root.write_file(
+            "etc/passwd",
+            &mut &b"root:x:0:0:root:/root:/bin/bash\nuser1:x:1000:1000::/home/user1:/bin/sh\n"[..],
+            &a,
+        )
+        .unwrap();
+        root.write_file("etc/shadow", &mut &b"root:*:19000:0:99999:7:::\n"[..], &a)
+            .unwrap();
+        root.write_file(
+            "etc/group",
+            &mut &b"root:x:0:\nshadow:x:42:\nsudo:x:27:\nuser1:x:1000:\n"[..],
+            &a,
+        )
+        .unwrap();
+        root.write_file("etc/ssh/ssh_host_ed25519_key", &mut &b"secret"[..], &a)
+            .unwrap();
+        root.write_file("var/lib/dbus/machine-id", &mut &b"0123"[..], &a)
+            .unwrap();
         root.write_file("etc/sudoers", &mut &b""[..], &a).unwrap();
         (d, root)
     }
@@ -216,10 +248,16 @@ mod tests {
     fn identity_is_reset() {
         let (_d, root) = base();
         let removed = reset_machine_identity(&root, 0).unwrap();
-        assert!(removed.iter().any(|p| p.contains("ssh_host_ed25519_key")), "{removed:?}");
+        assert!(
+            removed.iter().any(|p| p.contains("ssh_host_ed25519_key")),
+            "{removed:?}"
+        );
         assert!(!root.exists("etc/ssh/ssh_host_ed25519_key"));
         assert!(!root.exists("var/lib/dbus/machine-id"));
-        assert_eq!(root.read("etc/machine-id").unwrap().unwrap(), b"uninitialized\n");
+        assert_eq!(
+            root.read("etc/machine-id").unwrap().unwrap(),
+            b"uninitialized\n"
+        );
     }
 
     #[test]
@@ -231,10 +269,19 @@ mod tests {
             password_hash: None,
             groups: vec![],
         };
-        let (uid, gid) = add_user(&root, &u, "ops ALL=(ALL:ALL) NOPASSWD: ALL\n", 86400 * 20000).unwrap();
+        let (uid, gid) = add_user(
+            &root,
+            &u,
+            "ops ALL=(ALL:ALL) NOPASSWD: ALL\n",
+            86400 * 20000,
+        )
+        .unwrap();
         assert_eq!((uid, gid), (1001, 1001), "1000 is taken");
         let passwd = String::from_utf8(root.read("etc/passwd").unwrap().unwrap()).unwrap();
-        assert!(passwd.contains("ops:x:1001:1001:ops:/home/ops:/bin/sh"), "{passwd}");
+        assert!(
+            passwd.contains("ops:x:1001:1001:ops:/home/ops:/bin/sh"),
+            "{passwd}"
+        );
         let group = String::from_utf8(root.read("etc/group").unwrap().unwrap()).unwrap();
         assert!(group.contains("sudo:x:27:ops\n"), "{group}");
         let shadow = String::from_utf8(root.read("etc/shadow").unwrap().unwrap()).unwrap();
@@ -243,7 +290,10 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(&keys).unwrap();
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1001, 1001, 0o600));
-        assert_eq!(std::fs::read_to_string(keys).unwrap(), "ssh-ed25519 AAAAC3Nz ops@laptop\n");
+        assert_eq!(
+            std::fs::read_to_string(keys).unwrap(),
+            "ssh-ed25519 AAAAC3Nz ops@laptop\n"
+        );
         let shadow_meta = std::fs::metadata(d.path().join("root/etc/shadow")).unwrap();
         assert_eq!((shadow_meta.gid(), shadow_meta.mode() & 0o777), (42, 0o640));
         assert!(root.exists("etc/sudoers.d/airlock-ops"));

@@ -1,18 +1,29 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Airlock builds bootable disk images for air-gapped Kubernetes nodes.
 
+pub mod bmap;
 pub mod boot;
+pub mod bundle;
 pub mod cli;
 pub(crate) mod cmd;
 pub mod disk;
+pub mod fetch;
 pub mod fs;
 pub mod identity;
+pub mod image;
 pub mod inputs;
+pub mod inspect;
+pub mod kube;
+pub mod manifest;
+pub mod node;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
 pub mod recipe;
+pub mod registry;
 pub mod render;
 pub mod tree;
 pub mod units;
+pub mod verify;
 pub mod vm;
+pub mod write;

@@ -21,7 +21,13 @@ fn main() {
     let result = match args.cmd {
         Cmd::Build(a) => cli::build(a),
         Cmd::Lock(a) => cli::lock(a),
+        Cmd::Fetch(a) => cli::fetch::run(a),
+        Cmd::Bundle(a) => cli::fetch::bundle(a),
         Cmd::Boot(a) => cli::boot(a),
+        Cmd::Node(a) => airlock::node::run(a),
+        Cmd::Verify(a) => cli::verify(a),
+        Cmd::Inspect(a) => cli::inspect(a),
+        Cmd::Write(a) => cli::write::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

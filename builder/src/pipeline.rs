@@ -3,6 +3,7 @@
 //! GPT disk → outputs. `build` reads like the table of contents; each step
 //! is one function over the shared [`Context`].
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -18,12 +19,14 @@ use crate::boot::{self, Kernel};
 use crate::disk::layout::{self, DiskIds, DiskLayout};
 use crate::fs::{ext4, fat};
 use crate::inputs::{Cache, Resolved, Wanted};
+use crate::manifest::{self, EspRecord, FileRecord, UnitRecord};
+use crate::output::formats::{self, Format};
 use crate::output::{self, Staging};
 use crate::progress::Progress;
 use crate::recipe::{self, Loaded};
 use crate::render::Renderer;
 use crate::tree::{extract, overlay, Attrs, Root};
-use crate::{identity, units};
+use crate::{identity, kube, units};
 
 /// UUIDs are derived in this namespace from the recipe and input digests.
 const NAMESPACE: Uuid = Uuid::from_u128(0x6169726c_6f63_6b00_8000_000000000001);
@@ -32,12 +35,18 @@ pub struct BuildOptions {
     pub recipe: PathBuf,
     pub out: Option<PathBuf>,
     pub cache: Option<PathBuf>,
+    /// Output formats overriding the recipe's `[disk] formats`.
+    pub formats: Option<Vec<Format>>,
+    /// Make new cluster secrets instead of reusing out/<cluster>/secrets.
+    pub rotate_secrets: bool,
 }
 
 pub struct Context {
     pub loaded: Loaded,
     pub epoch: i64,
     pub out: PathBuf,
+    /// What to write besides the raw image (raw is always written).
+    pub formats: Vec<Format>,
     pub cache: Cache,
     pub progress: Progress,
 }
@@ -73,13 +82,18 @@ struct Staged {
     inputs: Vec<(Resolved, String)>,
     kernel: Option<Kernel>,
     notes: Vec<String>,
+    /// Unit links the base brought, so the manifest lists only airlock's.
+    base_units: BTreeSet<UnitRecord>,
+    /// manifest.json keys of a Kubernetes node (kubernetes, containerd, ...).
+    kube: serde_json::Map<String, serde_json::Value>,
 }
 
 pub fn build(opts: &BuildOptions) -> Result<Report> {
     let cx = context(opts)?;
     check_host()?;
-    let resolved = resolve_inputs(&cx)?;
+    let mut resolved = resolve_inputs(&cx)?;
     let ids = derive_ids(&cx, &resolved);
+    let kube_inputs = kube::stage::split_inputs(&mut resolved);
     let staging = Staging::new(&cx.out)?;
     let root = Root::create(&staging.path("root"))?;
     let mut st = Staged::default();
@@ -87,21 +101,37 @@ pub fn build(opts: &BuildOptions) -> Result<Report> {
     let kernel = find_kernel(&cx, &root, &mut st)?;
     let layout = plan_disk(&cx, &ids)?;
     let vars = template_context(&cx, &ids, &layout, &kernel);
-    let renderer = Renderer::new(cx.loaded.recipe.template_dir.as_ref().map(|d| cx.loaded.resolve(d.get_ref())));
+    let renderer = Renderer::new(
+        cx.loaded
+            .recipe
+            .template_dir
+            .as_ref()
+            .map(|d| cx.loaded.resolve(d.get_ref())),
+    );
     configure_system(&cx, &root, &renderer, &vars, &mut st)?;
+    let node = kube::stage::run(&cx, &root, &renderer, kube_inputs, opts.rotate_secrets)?;
     render_templates(&cx, &root, &renderer, &vars)?;
     copy_overlays(&cx, &root)?;
     enable_units(&cx, &root)?;
+    kube::stage::preflight(&cx, &root, &kernel, node.as_ref())?;
     st.notes.extend(reset_identity(&cx, &root)?);
+    let mut esp = esp_files(&root, &kernel, &renderer, &vars)?;
+    if let Some(n) = node {
+        esp.extend(n.esp);
+        st.inputs.extend(n.inputs);
+        st.notes.extend(n.notes);
+        st.kube = n.manifest;
+    }
+    let manifest = record_manifest(&cx, &root, &layout, &ids, &kernel, &esp, &st)?;
     // Last: nothing in the image may carry the build's wall-clock time.
     root.clamp_mtimes(cx.epoch)?;
     check_fits(&root, &layout)?;
     let raw_name = format!("{}.raw", cx.loaded.recipe.name.get_ref());
     let raw = staging.path(&raw_name);
-    assemble_disk(&cx, &root, &raw, &layout, &ids, &kernel, &renderer, &vars)?;
+    assemble_disk(&cx, &root, &raw, &layout, &ids, &esp)?;
     drop(root);
     fs::remove_dir_all(staging.path("root")).ok();
-    write_outputs(&cx, staging, &raw_name, &layout, &ids, &kernel, st)
+    write_outputs(&cx, staging, &raw_name, &layout, &kernel, manifest, st)
 }
 
 fn context(opts: &BuildOptions) -> Result<Context> {
@@ -114,14 +144,29 @@ fn context(opts: &BuildOptions) -> Result<Context> {
         Err(_) => loaded.recipe.epoch.unwrap_or(recipe::DEFAULT_EPOCH),
     };
     let name = loaded.recipe.name.get_ref().clone();
-    let out = opts.out.clone().unwrap_or_else(|| PathBuf::from("out").join(&name));
-    let cache = Cache::new(opts.cache.clone().unwrap_or_else(|| PathBuf::from("out/cache")));
+    let out = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("out").join(&name));
+    let cache = Cache::new(
+        opts.cache
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("out/cache")),
+    );
+    let formats = formats::effective(
+        opts.formats
+            .as_deref()
+            .unwrap_or(&loaded.recipe.disk.formats),
+    );
+    formats::require_tools(&formats)?;
+    let kube = loaded.recipe.kubernetes.is_some();
     Ok(Context {
         loaded,
         epoch,
         out,
+        formats,
         cache,
-        progress: Progress::new(11),
+        progress: Progress::new(12 + if kube { 2 } else { 0 }),
     })
 }
 
@@ -146,7 +191,12 @@ fn resolve_inputs(cx: &Context) -> Result<Vec<(Resolved, String)>> {
     for i in l.inputs() {
         let sha256 = l.pinned(&i)?;
         wanted.push((
-            Wanted { what: i.what, at: i.at, source: i.resolved, sha256 },
+            Wanted {
+                what: i.what,
+                at: i.at,
+                source: i.resolved,
+                sha256,
+            },
             i.dest,
         ));
     }
@@ -177,43 +227,80 @@ fn derive_ids(cx: &Context, inputs: &[(Resolved, String)]) -> Ids {
     let vol = Sha256::digest([&seed[..], b"esp-volume-id"].concat());
     Ids {
         disk: DiskIds {
-            disk: d.disk_guid.as_ref().map(|u| *u.get_ref()).unwrap_or_else(|| id("disk")),
+            disk: d
+                .disk_guid
+                .as_ref()
+                .map(|u| *u.get_ref())
+                .unwrap_or_else(|| id("disk")),
             esp: id("esp-partition"),
             root: id("root-partition"),
         },
-        root_fs: d.root_fs_uuid.as_ref().map(|u| *u.get_ref()).unwrap_or_else(|| id("root-fs")),
+        root_fs: d
+            .root_fs_uuid
+            .as_ref()
+            .map(|u| *u.get_ref())
+            .unwrap_or_else(|| id("root-fs")),
         hash_seed: id("root-fs-hash-seed"),
         esp_volume_id: u32::from_be_bytes([vol[0], vol[1], vol[2], vol[3]]),
     }
 }
 
 #[context("laying out the root tree")]
-fn layer_inputs(cx: &Context, root: &Root, inputs: Vec<(Resolved, String)>, st: &mut Staged) -> Result<()> {
+fn layer_inputs(
+    cx: &Context,
+    root: &Root,
+    inputs: Vec<(Resolved, String)>,
+    st: &mut Staged,
+) -> Result<()> {
     let r = &cx.loaded.recipe;
     let mut it = inputs.into_iter();
     let (base, dest) = it.next().expect("base comes first");
     cx.progress.step("unpacking the base root filesystem");
     let bar = cx.progress.bytes(base.size, "base");
-    let reader = extract::open_decompressed_reader(bar.wrap_read(open(&base.path)?), &base.path)?;
-    let opts = extract::ExtractOpts {
-        dest: "/".into(),
-        strip_components: 0,
-        members: Vec::new(),
-        epoch: cx.epoch,
-        keep_owner: true,
+    let stats = if crate::registry::layout::Archive::sniff(&base.path)? {
+        // An OCI image: its layers, in order, with whiteouts.
+        let platform = crate::registry::manifest::Platform::parse(r.base.platform())?;
+        let what = format!("base {}", base.source);
+        let f = crate::registry::flatten::flatten_archive(
+            root, &base.path, &platform, cx.epoch, &what, &bar,
+        )?;
+        cx.progress.note(&format!(
+            "base: {platform} image {}, {} layers",
+            f.manifest, f.layers
+        ));
+        f.stats
+    } else {
+        let reader =
+            extract::open_decompressed_reader(bar.wrap_read(open(&base.path)?), &base.path)?;
+        let opts = extract::ExtractOpts {
+            dest: "/".into(),
+            strip_components: 0,
+            members: Vec::new(),
+            epoch: cx.epoch,
+            keep_owner: true,
+        };
+        extract::extract(root, reader, &opts, &format!("base {}", base.source))?
     };
-    let stats = extract::extract(root, reader, &opts, &format!("base {}", base.source))?;
     bar.finish_and_clear();
-    cx.progress.note(&format!("base: {} entries, {} MiB", stats.entries, stats.bytes >> 20));
+    cx.progress.note(&format!(
+        "base: {} entries, {} MiB",
+        stats.entries,
+        stats.bytes >> 20
+    ));
     st.inputs.push((base, dest));
+    // From here on every file written is airlock's, and goes in the manifest.
+    root.record_writes();
+    st.base_units = manifest::unit_links(root)?;
 
     cx.progress.step("adding files and archives");
     for f in &r.files {
         let (res, dest) = it.next().expect("one input per file");
         let (u, g) = recipe::parse_owner(f.owner.get_ref())?;
         let at = cx.loaded.at(&f.owner);
-        let uid = identity::resolve_id(root, &u, false).with_context(|| format!("{at}: file.owner"))?;
-        let gid = identity::resolve_id(root, &g, true).with_context(|| format!("{at}: file.owner"))?;
+        let uid =
+            identity::resolve_id(root, &u, false).with_context(|| format!("{at}: file.owner"))?;
+        let gid =
+            identity::resolve_id(root, &g, true).with_context(|| format!("{at}: file.owner"))?;
         let attrs = Attrs {
             mode: f.mode.get_ref().0,
             uid,
@@ -253,7 +340,13 @@ fn open(p: &Path) -> Result<File> {
 }
 
 fn find_kernel(cx: &Context, root: &Root, st: &mut Staged) -> Result<Kernel> {
-    let wanted = cx.loaded.recipe.boot.kernel.as_ref().map(|k| k.get_ref().as_str());
+    let wanted = cx
+        .loaded
+        .recipe
+        .boot
+        .kernel
+        .as_ref()
+        .map(|k| k.get_ref().as_str());
     let (k, note) = boot::find_kernel(root, wanted)?;
     if let Some(n) = note {
         cx.progress.note(&n);
@@ -273,7 +366,12 @@ fn esp_fs_uuid(id: u32) -> String {
     format!("{:04X}-{:04X}", id >> 16, id & 0xffff)
 }
 
-fn template_context(cx: &Context, ids: &Ids, layout: &DiskLayout, kernel: &Kernel) -> serde_json::Value {
+fn template_context(
+    cx: &Context,
+    ids: &Ids,
+    layout: &DiskLayout,
+    kernel: &Kernel,
+) -> serde_json::Value {
     let r = &cx.loaded.recipe;
     let options = boot::cmdline(&layout.root.uuid, r.boot.serial_console, &r.boot.cmdline);
     let entry = boot::entry(r.name.get_ref(), kernel, options);
@@ -293,18 +391,32 @@ fn template_context(cx: &Context, ids: &Ids, layout: &DiskLayout, kernel: &Kerne
 /// The files airlock itself owns in every image: hostname, hosts, fstab,
 /// root growth, SSH host key generation and administrators.
 #[context("configuring the system")]
-fn configure_system(cx: &Context, root: &Root, renderer: &Renderer, vars: &serde_json::Value, st: &mut Staged) -> Result<()> {
+fn configure_system(
+    cx: &Context,
+    root: &Root,
+    renderer: &Renderer,
+    vars: &serde_json::Value,
+    st: &mut Staged,
+) -> Result<()> {
     cx.progress.step("configuring hostname, fstab, users");
     let r = &cx.loaded.recipe;
     let put = |path: &str, text: &str, mode: u32| -> Result<()> {
         root.write_file(path, &mut text.as_bytes(), &Attrs::root(mode, cx.epoch))?;
         Ok(())
     };
-    put("etc/hostname", &format!("{}\n", r.node.hostname.get_ref()), 0o644)?;
+    put(
+        "etc/hostname",
+        &format!("{}\n", r.node.hostname.get_ref()),
+        0o644,
+    )?;
     put("etc/hosts", &renderer.render("base/hosts.j2", vars)?, 0o644)?;
     put("etc/fstab", &renderer.render("base/fstab.j2", vars)?, 0o644)?;
     root.mkdir_all("boot/efi", cx.epoch)?;
-    put("etc/repart.d/50-root.conf", &renderer.render("base/repart-root.conf.j2", vars)?, 0o644)?;
+    put(
+        "etc/repart.d/50-root.conf",
+        &renderer.render("base/repart-root.conf.j2", vars)?,
+        0o644,
+    )?;
     if root.exists("usr/sbin/sshd") {
         put(
             "etc/systemd/system/airlock-ssh-keygen.service",
@@ -330,13 +442,22 @@ fn configure_system(cx: &Context, root: &Root, renderer: &Renderer, vars: &serde
 }
 
 #[context("rendering templates")]
-fn render_templates(cx: &Context, root: &Root, renderer: &Renderer, vars: &serde_json::Value) -> Result<()> {
+fn render_templates(
+    cx: &Context,
+    root: &Root,
+    renderer: &Renderer,
+    vars: &serde_json::Value,
+) -> Result<()> {
     cx.progress.step("rendering templates");
     for t in &cx.loaded.recipe.templates {
         let text = renderer
             .render(t.src.get_ref(), vars)
             .with_context(|| format!("{}: template {}", cx.loaded.at(&t.src), t.src.get_ref()))?;
-        root.write_file(t.path.get_ref(), &mut text.as_bytes(), &Attrs::root(t.mode.get_ref().0, cx.epoch))?;
+        root.write_file(
+            t.path.get_ref(),
+            &mut text.as_bytes(),
+            &Attrs::root(t.mode.get_ref().0, cx.epoch),
+        )?;
     }
     Ok(())
 }
@@ -347,7 +468,11 @@ fn copy_overlays(cx: &Context, root: &Root) -> Result<()> {
     for o in &cx.loaded.recipe.overlays {
         let dir = cx.loaded.resolve(o.get_ref());
         if !dir.is_dir() {
-            bail!("{}: overlay {} is not a directory", cx.loaded.at(o), dir.display());
+            bail!(
+                "{}: overlay {} is not a directory",
+                cx.loaded.at(o),
+                dir.display()
+            );
         }
         overlay::copy_dir(root, &dir, "/", cx.epoch)?;
     }
@@ -401,7 +526,120 @@ fn tree_usage(dir: &Path) -> Result<u64> {
     Ok(total)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What goes onto the ESP: systemd-boot, its configuration, kernel, initrd.
+#[context("planning the EFI system partition")]
+fn esp_files(
+    root: &Root,
+    kernel: &Kernel,
+    renderer: &Renderer,
+    vars: &serde_json::Value,
+) -> Result<Vec<fat::EspFile>> {
+    let host = |p: &str| root.path().join(p);
+    let sd_boot = host(boot::SYSTEMD_BOOT);
+    if !sd_boot.is_file() {
+        bail!(
+            "systemd-boot is not in the root tree (/{}): add systemd-boot-efi (Debian) or \
+             systemd-boot-unsigned (Fedora) to the base",
+            boot::SYSTEMD_BOOT
+        );
+    }
+    let entry = &vars["entry"];
+    let e = |k: &str| {
+        entry[k]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string()
+    };
+    let files = vec![
+        fat::EspFile {
+            path: boot::REMOVABLE_PATH.into(),
+            source: fat::EspSource::Host(sd_boot.clone()),
+        },
+        fat::EspFile {
+            path: "EFI/systemd/systemd-bootx64.efi".into(),
+            source: fat::EspSource::Host(sd_boot),
+        },
+        fat::EspFile {
+            path: "loader/loader.conf".into(),
+            source: fat::EspSource::Bytes(
+                renderer.render("base/loader.conf.j2", vars)?.into_bytes(),
+            ),
+        },
+        fat::EspFile {
+            path: format!("loader/entries/{}.conf", e("id")),
+            source: fat::EspSource::Bytes(
+                renderer.render("base/entry.conf.j2", vars)?.into_bytes(),
+            ),
+        },
+        fat::EspFile {
+            path: e("linux"),
+            source: fat::EspSource::Host(host(&kernel.image)),
+        },
+        fat::EspFile {
+            path: e("initrd"),
+            source: fat::EspSource::Host(host(&kernel.initrd)),
+        },
+    ];
+    Ok(files)
+}
+
+/// Records what airlock placed in the root and on the ESP, and stores the
+/// manifest (less what only the outputs can tell) inside the root.
+#[context("recording the manifest")]
+fn record_manifest<'a>(
+    cx: &'a Context,
+    root: &Root,
+    layout: &'a DiskLayout,
+    ids: &Ids,
+    kernel: &Kernel,
+    esp: &[fat::EspFile],
+    st: &Staged,
+) -> Result<Manifest<'a>> {
+    cx.progress.step("recording file digests");
+    let r = &cx.loaded.recipe;
+    let manifest = Manifest {
+        airlock_version: env!("CARGO_PKG_VERSION"),
+        name: r.name.get_ref(),
+        recipe: json!({ "path": cx.loaded.path, "sha256": cx.loaded.sha256 }),
+        epoch: cx.epoch,
+        inputs: st
+            .inputs
+            .iter()
+            .map(|(r, dest)| json!({ "what": r.what, "source": r.source, "sha256": r.sha256, "size": r.size, "dest": dest }))
+            .collect(),
+        kernel: json!({
+            "version": kernel.version,
+            "image": format!("/{}", kernel.image),
+            "initrd": format!("/{}", kernel.initrd),
+            "cmdline": boot::cmdline(&layout.root.uuid, r.boot.serial_console, &r.boot.cmdline),
+        }),
+        disk: layout,
+        root_fs: json!({ "type": "ext4", "uuid": ids.root_fs, "label": r.disk.label.get_ref() }),
+        esp_fs: json!({ "type": "vfat", "uuid": esp_fs_uuid(ids.esp_volume_id) }),
+        hostname: r.node.hostname.get_ref(),
+        users: r.users.iter().map(|u| u.name.get_ref().as_str()).collect(),
+        units: manifest::added_units(root, &st.base_units)?,
+        files: manifest::record_files(root, &root.written())?,
+        esp_files: manifest::record_esp(esp)?,
+        outputs: None,
+        kube: st.kube.clone(),
+    };
+    let inside = manifest::for_image(&serde_json::to_value(&manifest)?);
+    let text = serde_json::to_string_pretty(&inside)? + "\n";
+    let dir = Path::new(manifest::IMAGE_PATH)
+        .parent()
+        .and_then(Path::to_str)
+        .expect("an absolute path");
+    root.mkdir_all(dir, cx.epoch)?;
+    root.write_file(
+        manifest::IMAGE_PATH,
+        &mut text.as_bytes(),
+        &Attrs::root(0o644, cx.epoch),
+    )?;
+    Ok(manifest)
+}
+
 #[context("assembling the disk image")]
 fn assemble_disk(
     cx: &Context,
@@ -409,9 +647,7 @@ fn assemble_disk(
     raw: &Path,
     layout: &DiskLayout,
     ids: &Ids,
-    kernel: &Kernel,
-    renderer: &Renderer,
-    vars: &serde_json::Value,
+    files: &[fat::EspFile],
 ) -> Result<()> {
     cx.progress.step("writing the GPT");
     let mut disk = OpenOptions::new()
@@ -423,33 +659,12 @@ fn assemble_disk(
     crate::disk::gpt::write(layout, &mut disk)?;
 
     cx.progress.step("writing the EFI system partition");
-    let host = |p: &str| root.path().join(p);
-    let sd_boot = host(boot::SYSTEMD_BOOT);
-    if !sd_boot.is_file() {
-        bail!(
-            "systemd-boot is not in the root tree (/{}): add systemd-boot-efi (Debian) or \
-             systemd-boot-unsigned (Fedora) to the base",
-            boot::SYSTEMD_BOOT
-        );
-    }
-    let entry = &vars["entry"];
-    let e = |k: &str| entry[k].as_str().unwrap_or_default().trim_start_matches('/').to_string();
-    let files = vec![
-        fat::EspFile { path: boot::REMOVABLE_PATH.into(), source: fat::EspSource::Host(sd_boot.clone()) },
-        fat::EspFile { path: "EFI/systemd/systemd-bootx64.efi".into(), source: fat::EspSource::Host(sd_boot) },
-        fat::EspFile {
-            path: "loader/loader.conf".into(),
-            source: fat::EspSource::Bytes(renderer.render("base/loader.conf.j2", vars)?.into_bytes()),
-        },
-        fat::EspFile {
-            path: format!("loader/entries/{}.conf", e("id")),
-            source: fat::EspSource::Bytes(renderer.render("base/entry.conf.j2", vars)?.into_bytes()),
-        },
-        fat::EspFile { path: e("linux"), source: fat::EspSource::Host(host(&kernel.image)) },
-        fat::EspFile { path: e("initrd"), source: fat::EspSource::Host(host(&kernel.initrd)) },
-    ];
-    let opts = fat::FatOpts { label: "ESP".into(), volume_id: ids.esp_volume_id, epoch: cx.epoch };
-    fat::make_esp(&disk, layout.esp.start, layout.esp.size, &opts, &files)?;
+    let opts = fat::FatOpts {
+        label: "ESP".into(),
+        volume_id: ids.esp_volume_id,
+        epoch: cx.epoch,
+    };
+    fat::make_esp(&disk, layout.esp.start, layout.esp.size, &opts, files)?;
     disk.sync_all().ok();
     drop(disk);
 
@@ -479,7 +694,17 @@ struct Manifest<'a> {
     esp_fs: serde_json::Value,
     hostname: &'a str,
     users: Vec<&'a str>,
-    images: serde_json::Value,
+    /// Units airlock enabled (links it added under /etc/systemd/system).
+    units: Vec<UnitRecord>,
+    /// Every regular file airlock placed in the root, as it is there.
+    files: Vec<FileRecord>,
+    esp_files: Vec<EspRecord>,
+    /// Output file digests: only in manifest.json beside the image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outputs: Option<BTreeMap<String, String>>,
+    /// kubernetes, containerd, images, node, secrets (Kubernetes nodes).
+    #[serde(flatten)]
+    kube: serde_json::Map<String, serde_json::Value>,
 }
 
 #[context("writing outputs")]
@@ -488,63 +713,92 @@ fn write_outputs(
     staging: Staging,
     raw_name: &str,
     layout: &DiskLayout,
-    ids: &Ids,
     kernel: &Kernel,
+    mut manifest: Manifest<'_>,
     st: Staged,
 ) -> Result<Report> {
-    let r = &cx.loaded.recipe;
-    let name = r.name.get_ref();
-    cx.progress.step("compressing and checksumming");
+    let name = cx.loaded.recipe.name.get_ref();
     let raw = staging.path(raw_name);
-    let zst_name = format!("{raw_name}.zst");
-    let bar = cx.progress.bytes(layout.size, "zstd");
-    let c = output::compress_and_hash(&raw, &staging.path(&zst_name), &bar)?;
+    let mut files = Vec::new();
+    if cx.formats.contains(&Format::RawZst) {
+        cx.progress.step("compressing and checksumming");
+        let zst_name = format!("{raw_name}.zst");
+        let bar = cx.progress.bytes(layout.size, "zstd");
+        let c = output::compress_and_hash(&raw, &staging.path(&zst_name), &bar)?;
+        bar.finish_and_clear();
+        files.push(OutputFile {
+            name: raw_name.to_string(),
+            sha256: c.raw_sha256,
+            size: fs::metadata(&raw)?.len(),
+        });
+        files.push(OutputFile {
+            name: zst_name,
+            sha256: c.zst_sha256,
+            size: c.zst_size,
+        });
+    } else {
+        cx.progress.step("checksumming");
+        files.push(output_file(&raw, raw_name)?);
+    }
+    for &f in cx.formats.iter().filter(|f| f.is_vm()) {
+        cx.progress
+            .note(&format!("converting to {f} with qemu-img"));
+        let vm_name = format!("{name}.{}", f.extension());
+        formats::convert(f, &raw, &staging.path(&vm_name), &files[0].sha256)?;
+        files.push(output_file(&staging.path(&vm_name), &vm_name)?);
+    }
+    // The block map `write` and `bmaptool copy` use; from the raw image.
+    let bmap_name = format!("{name}.bmap");
+    let bar = cx.progress.bytes(layout.size, "block map");
+    let (bmap_sha, bmap_size) = crate::bmap::write_for(&raw, &staging.path(&bmap_name), &bar)?;
     bar.finish_and_clear();
-    let raw_size = fs::metadata(&raw)?.len();
+    files.push(OutputFile {
+        name: bmap_name,
+        sha256: bmap_sha,
+        size: bmap_size,
+    });
 
-    let manifest = Manifest {
-        airlock_version: env!("CARGO_PKG_VERSION"),
-        name,
-        recipe: json!({ "path": cx.loaded.path, "sha256": cx.loaded.sha256 }),
-        epoch: cx.epoch,
-        inputs: st
-            .inputs
+    manifest.outputs = Some(
+        files
             .iter()
-            .map(|(r, dest)| json!({ "what": r.what, "source": r.source, "sha256": r.sha256, "size": r.size, "dest": dest }))
+            .map(|f| (f.name.clone(), f.sha256.clone()))
             .collect(),
-        kernel: json!({
-            "version": kernel.version,
-            "image": format!("/{}", kernel.image),
-            "initrd": format!("/{}", kernel.initrd),
-            "cmdline": boot::cmdline(&layout.root.uuid, r.boot.serial_console, &r.boot.cmdline),
-        }),
-        disk: layout,
-        root_fs: json!({ "type": "ext4", "uuid": ids.root_fs, "label": r.disk.label.get_ref() }),
-        esp_fs: json!({ "type": "vfat", "uuid": esp_fs_uuid(ids.esp_volume_id) }),
-        hostname: r.node.hostname.get_ref(),
-        users: r.users.iter().map(|u| u.name.get_ref().as_str()).collect(),
-        images: json!({ raw_name: c.raw_sha256, zst_name.clone(): c.zst_sha256 }),
-    };
+    );
     let manifest_text = serde_json::to_string_pretty(&manifest)? + "\n";
     fs::write(staging.path("manifest.json"), &manifest_text).context("writing manifest.json")?;
     let manifest_sha = hex::encode(Sha256::digest(manifest_text.as_bytes()));
-    let sums = output::sha256sums(&[
-        (raw_name.to_string(), c.raw_sha256.clone()),
-        (zst_name.clone(), c.zst_sha256.clone()),
-        ("manifest.json".into(), manifest_sha.clone()),
-    ]);
-    fs::write(staging.path("SHA256SUMS"), sums).context("writing SHA256SUMS")?;
-    staging.commit(&[raw_name, &zst_name, "manifest.json", "SHA256SUMS"])?;
+    files.push(OutputFile {
+        name: "manifest.json".into(),
+        sha256: manifest_sha,
+        size: manifest_text.len() as u64,
+    });
+    let sums: Vec<(String, String)> = files
+        .iter()
+        .map(|f| (f.name.clone(), f.sha256.clone()))
+        .collect();
+    fs::write(staging.path("SHA256SUMS"), output::sha256sums(&sums))
+        .context("writing SHA256SUMS")?;
+    let mut names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    names.push("SHA256SUMS");
+    staging.commit(&names)?;
     cx.progress.finish();
     Ok(Report {
         name: name.clone(),
         out_dir: cx.out.clone(),
-        files: vec![
-            OutputFile { name: raw_name.to_string(), sha256: c.raw_sha256, size: raw_size },
-            OutputFile { name: zst_name, sha256: c.zst_sha256, size: c.zst_size },
-            OutputFile { name: "manifest.json".into(), sha256: manifest_sha, size: manifest_text.len() as u64 },
-        ],
+        files,
         kernel: kernel.version.clone(),
         notes: st.notes,
+    })
+}
+
+/// An output file's name, sha256 and size, read back from disk.
+fn output_file(path: &Path, name: &str) -> Result<OutputFile> {
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (sha256, size) =
+        manifest::hash_reader(f).with_context(|| format!("hashing {}", path.display()))?;
+    Ok(OutputFile {
+        name: name.to_string(),
+        sha256,
+        size,
     })
 }

@@ -55,9 +55,14 @@ impl Progress {
         if self.quiet {
             return ProgressBar::hidden();
         }
-        let bar = ProgressBar::with_draw_target(Some(len).filter(|l| *l > 0), ProgressDrawTarget::stderr());
+        let bar = ProgressBar::with_draw_target(
+            Some(len).filter(|l| *l > 0),
+            ProgressDrawTarget::stderr(),
+        );
         let style = if len > 0 {
-            ProgressStyle::with_template("  {msg:24!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            ProgressStyle::with_template(
+                "  {msg:24!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
         } else {
             ProgressStyle::with_template("  {spinner} {msg:24!} {bytes} {bytes_per_sec}")
         };
@@ -69,7 +74,10 @@ impl Progress {
 
     pub fn finish(&self) {
         if !self.quiet {
-            eprintln!("airlock: done in {:.1}s", self.start.elapsed().as_secs_f64());
+            eprintln!(
+                "airlock: done in {:.1}s",
+                self.start.elapsed().as_secs_f64()
+            );
         }
     }
 }

@@ -6,7 +6,11 @@ use anyhow::{bail, Result};
 
 use crate::tree::{Attrs, Root};
 
-const UNIT_DIRS: &[&str] = &["etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"];
+const UNIT_DIRS: &[&str] = &[
+    "etc/systemd/system",
+    "usr/lib/systemd/system",
+    "lib/systemd/system",
+];
 
 /// Where the unit file lives in the root (image-absolute path).
 fn find_unit(root: &Root, unit: &str) -> Option<String> {
@@ -93,9 +97,22 @@ mod tests {
         )
         .unwrap();
         let links = enable(&root, "a.service", 0).unwrap();
-        assert_eq!(links, vec!["/etc/systemd/system/multi-user.target.wants/a.service"]);
-        let target = std::fs::read_link(d.path().join("r/etc/systemd/system/multi-user.target.wants/a.service")).unwrap();
-        assert_eq!(target, std::path::Path::new("/usr/lib/systemd/system/a.service"));
-        assert!(enable(&root, "b.service", 0).unwrap_err().to_string().contains("not in the image"));
+        assert_eq!(
+            links,
+            vec!["/etc/systemd/system/multi-user.target.wants/a.service"]
+        );
+        let target = std::fs::read_link(
+            d.path()
+                .join("r/etc/systemd/system/multi-user.target.wants/a.service"),
+        )
+        .unwrap();
+        assert_eq!(
+            target,
+            std::path::Path::new("/usr/lib/systemd/system/a.service")
+        );
+        assert!(enable(&root, "b.service", 0)
+            .unwrap_err()
+            .to_string()
+            .contains("not in the image"));
     }
 }

@@ -28,7 +28,10 @@ pub struct Kernel {
 pub fn find_kernel(root: &Root, wanted: Option<&str>) -> Result<(Kernel, Option<String>)> {
     let mut found: Vec<(String, String)> = Vec::new();
     for p in root.glob("boot/vmlinuz-*")? {
-        let v = p.trim_start_matches('/').trim_start_matches("boot/vmlinuz-").to_string();
+        let v = p
+            .trim_start_matches('/')
+            .trim_start_matches("boot/vmlinuz-")
+            .to_string();
         found.push((v, p.trim_start_matches('/').to_string()));
     }
     for p in root.glob("usr/lib/modules/*/vmlinuz")? {
@@ -172,7 +175,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = Root::create(&d.path().join("root")).unwrap();
         for f in files {
-            root.write_file(f, &mut &b"x"[..], &Attrs::root(0o644, 0)).unwrap();
+            root.write_file(f, &mut &b"x"[..], &Attrs::root(0o644, 0))
+                .unwrap();
         }
         (d, root)
     }
@@ -182,7 +186,11 @@ mod tests {
         let cases = [
             ("6.10.0", "6.9.12", Ordering::Greater),
             ("6.1.0-28-amd64", "6.1.0-9-amd64", Ordering::Greater),
-            ("6.11.4-301.fc43.x86_64", "6.11.4-301.fc43.x86_64", Ordering::Equal),
+            (
+                "6.11.4-301.fc43.x86_64",
+                "6.11.4-301.fc43.x86_64",
+                Ordering::Equal,
+            ),
             ("6.1.0", "6.1.0-1", Ordering::Less),
         ];
         for (a, b, want) in cases {
@@ -192,7 +200,10 @@ mod tests {
 
     #[test]
     fn debian_layout() {
-        let (_d, root) = root_with(&["/boot/vmlinuz-6.1.0-28-amd64", "/boot/initrd.img-6.1.0-28-amd64"]);
+        let (_d, root) = root_with(&[
+            "/boot/vmlinuz-6.1.0-28-amd64",
+            "/boot/initrd.img-6.1.0-28-amd64",
+        ]);
         let (k, note) = find_kernel(&root, None).unwrap();
         assert_eq!(k.version, "6.1.0-28-amd64");
         assert_eq!(k.image, "boot/vmlinuz-6.1.0-28-amd64");
@@ -210,7 +221,10 @@ mod tests {
         ]);
         let (k, note) = find_kernel(&root, None).unwrap();
         assert_eq!(k.version, "6.10.2-100.fc43.x86_64");
-        assert_eq!(k.initrd, "usr/lib/modules/6.10.2-100.fc43.x86_64/initramfs.img");
+        assert_eq!(
+            k.initrd,
+            "usr/lib/modules/6.10.2-100.fc43.x86_64/initramfs.img"
+        );
         assert!(note.unwrap().contains("newest"));
         let (k, _) = find_kernel(&root, Some("6.9.5-200.fc43.x86_64")).unwrap();
         assert_eq!(k.initrd, "boot/initramfs-6.9.5-200.fc43.x86_64.img");

@@ -8,6 +8,10 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::pipeline;
+
+pub mod fetch;
+pub mod node;
+pub mod write;
 use crate::vm::{self, Net};
 
 /// Build bootable disk images for air-gapped Kubernetes nodes.
@@ -31,26 +35,89 @@ pub struct Cli {
 pub enum Cmd {
     Build(BuildArgs),
     Lock(LockArgs),
+    Fetch(fetch::FetchArgs),
+    Bundle(fetch::BundleArgs),
     Boot(BootArgs),
+    Node(node::NodeArgs),
+    Verify(VerifyArgs),
+    Inspect(InspectArgs),
+    Write(write::WriteArgs),
+}
+
+/// Prove an image is what its build made.
+///
+/// Reads IMAGE (a .raw, a .raw.zst, a .qcow2/.vmdk/.vhdx, or the block
+/// device or file a stick was written to) as an ordinary user, without
+/// mounting: checks both GPT headers and their CRCs, the partitions, and
+/// the sha256, owner and mode of every file the manifest lists in the root
+/// filesystem and on the ESP. The manifest is --manifest, else the
+/// manifest.json beside IMAGE, else the copy inside the image (weaker: who
+/// can rewrite the image can rewrite that too). A .raw.zst is decompressed
+/// into $TMPDIR first (holes kept). Prints each difference and exits
+/// non-zero when there is any.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The image, or the device it was written to.
+    pub image: PathBuf,
+
+    /// The build's manifest.json to check against [default: beside IMAGE, else inside it].
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Show what is inside an image.
+///
+/// Partitions, boot entries and kernel command line, kernel version,
+/// hostname, users, the units airlock enabled, and (when the image has them)
+/// Kubernetes and containerd versions, preloaded images, node role and name
+/// and the secrets inside. Reads a .raw, .raw.zst, VM disk or written device
+/// without mounting.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The image, or the device it was written to.
+    pub image: PathBuf,
+
+    /// Print the report as JSON on stdout.
+    #[arg(long, conflicts_with = "cat")]
+    pub json: bool,
+
+    /// Print this file of the root filesystem to stdout, byte for byte, instead.
+    #[arg(long, value_name = "PATH")]
+    pub cat: Option<String>,
 }
 
 /// Pin the inputs a recipe leaves unpinned, in `<recipe>.lock`.
 ///
-/// Local files are hashed; inputs already in the lock keep their digest
-/// unless --update. Review the lock file like code: `airlock build` trusts
-/// it and refuses any input pinned neither there nor in the recipe.
+/// Local files are hashed; a URL is pinned to the sha256 published next to
+/// it (`<url>.sha256` or `.sha256sum`), else downloaded into the cache and
+/// hashed; an image tag is resolved at its registry (or a mirror) to the
+/// digest it names and the manifest digest of each platform. Inputs already
+/// in the lock keep their digest unless --update. Review the lock file like
+/// code: `airlock build` trusts it and refuses any input pinned neither
+/// there nor in the recipe.
 #[derive(Debug, Args)]
 pub struct LockArgs {
     /// The recipe (TOML).
     pub recipe: PathBuf,
 
-    /// Hash every unpinned input again, replacing locked digests.
+    /// Resolve every unpinned input again, replacing locked digests.
     #[arg(long)]
     pub update: bool,
 
     /// Print what was pinned as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+
+    /// Content-addressed input cache, for downloads hashed to pin them [default: out/cache].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub retry: fetch::RetryArgs,
 }
 
 /// Build a disk image from a recipe.
@@ -66,7 +133,14 @@ pub struct LockArgs {
 #[derive(Debug, Args)]
 pub struct BuildArgs {
     /// The recipe (TOML); relative paths in it resolve against its folder.
-    pub recipe: PathBuf,
+    #[arg(required_unless_present = "from_bundle")]
+    pub recipe: Option<PathBuf>,
+
+    /// Build from an `airlock bundle` (FILE or FILE.sha256): every part is
+    /// checked, then every file as it is unpacked (the recipe tree into
+    /// out/from-bundle/<FILE name>, the inputs into the cache) before the build.
+    #[arg(long, value_name = "FILE", conflicts_with = "recipe")]
+    pub from_bundle: Option<PathBuf>,
 
     /// Output folder [default: out/<name>].
     #[arg(short, long, value_name = "DIR")]
@@ -75,6 +149,18 @@ pub struct BuildArgs {
     /// Content-addressed input cache [default: out/cache].
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
+
+    /// Output format, repeatable; replaces the recipe's [disk] formats (raw is always written).
+    #[arg(long = "format", value_name = "FORMAT", value_enum)]
+    pub formats: Vec<crate::output::formats::Format>,
+
+    /// Make a new cluster CA and bootstrap token (Kubernetes recipes).
+    ///
+    /// They live in out/<cluster>/secrets beside the output folder and are
+    /// reused by every build of the cluster; the old ones are kept in
+    /// previous/. Nodes built with the old ones no longer join.
+    #[arg(long)]
+    pub rotate_secrets: bool,
 
     /// Print a JSON report (outputs and their sha256) on stdout.
     #[arg(long)]
@@ -115,11 +201,21 @@ pub struct BootArgs {
     pub snapshot: bool,
 
     /// Guest memory in MiB.
-    #[arg(long, default_value_t = 2048, value_name = "MIB", help_heading = "Advanced Options")]
+    #[arg(
+        long,
+        default_value_t = 2048,
+        value_name = "MIB",
+        help_heading = "Advanced Options"
+    )]
     pub memory: u32,
 
     /// Guest CPUs.
-    #[arg(long, default_value_t = 2, value_name = "N", help_heading = "Advanced Options")]
+    #[arg(
+        long,
+        default_value_t = 2,
+        value_name = "N",
+        help_heading = "Advanced Options"
+    )]
     pub cpus: u32,
 
     /// UEFI firmware code and variables template [default: OVMF from ovmf/edk2-ovmf].
@@ -128,10 +224,17 @@ pub struct BootArgs {
 }
 
 pub fn build(a: BuildArgs) -> Result<()> {
+    let recipe = match (a.recipe, &a.from_bundle) {
+        (_, Some(b)) => fetch::unbundle(b, &a.cache)?,
+        (Some(r), None) => r,
+        (None, None) => anyhow::bail!("name a recipe or --from-bundle FILE"),
+    };
     let report = pipeline::build(&pipeline::BuildOptions {
-        recipe: a.recipe,
+        recipe,
         out: a.out,
         cache: a.cache,
+        formats: Some(a.formats).filter(|f| !f.is_empty()),
+        rotate_secrets: a.rotate_secrets,
     })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -145,14 +248,19 @@ pub fn build(a: BuildArgs) -> Result<()> {
 
 pub fn lock(a: LockArgs) -> Result<()> {
     let loaded = crate::recipe::load(&a.recipe)?;
-    let outcome = crate::recipe::lock::lock(&loaded, a.update)?;
+    let cache = crate::inputs::Cache::new(fetch::cache_dir(&a.cache));
+    let http = crate::fetch::http::Http::new(a.retry.retry());
+    let outcome = crate::recipe::lock::lock(&loaded, a.update, &cache, &http)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
         for o in &outcome {
             eprintln!("  {}  {} ({})", o.sha256, o.what, o.how);
         }
-        eprintln!("wrote {}", crate::recipe::lock::path_for(&a.recipe).display());
+        eprintln!(
+            "wrote {}",
+            crate::recipe::lock::path_for(&a.recipe).display()
+        );
     }
     Ok(())
 }
@@ -173,6 +281,39 @@ pub fn boot(a: BootArgs) -> Result<()> {
     match vm::run(&opts).context("booting the image")? {
         vm::Outcome::Matched(line) => eprintln!("\nairlock: console matched: {line}"),
         vm::Outcome::PoweredOff => eprintln!("\nairlock: the guest powered off"),
+    }
+    Ok(())
+}
+
+pub fn verify(a: VerifyArgs) -> Result<()> {
+    let report = crate::verify::verify(&a.image, a.manifest.as_deref(), !a.json)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::verify::render(&report));
+    }
+    match report.failures.len() {
+        0 => Ok(()),
+        n => anyhow::bail!(
+            "{} differs from its manifest in {n} place{}",
+            a.image.display(),
+            if n == 1 { "" } else { "s" }
+        ),
+    }
+}
+
+pub fn inspect(a: InspectArgs) -> Result<()> {
+    if let Some(path) = &a.cat {
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        crate::inspect::cat(&a.image, path, &mut out)?;
+        return std::io::Write::flush(&mut out).context("writing to stdout");
+    }
+    let report = crate::inspect::inspect(&a.image, !a.json)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::inspect::text::render(&report));
     }
     Ok(())
 }

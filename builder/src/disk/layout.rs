@@ -39,7 +39,7 @@ pub const MAX_ESP: u64 = (u32::MAX as u64) / (ALIGN / SECTOR) * ALIGN;
 pub const MIN_ROOT: u64 = 64 << 20;
 
 /// One partition of the plan. Offsets and sizes are in bytes.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionPlan {
     /// GPT partition number, starting at 1.
     pub number: u32,
@@ -63,7 +63,7 @@ impl PartitionPlan {
 }
 
 /// The whole disk: its size, GUID and the two partitions.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DiskLayout {
     /// Size of the disk image in bytes.
     pub size: u64,

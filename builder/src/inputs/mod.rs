@@ -21,6 +21,9 @@ use sha2::{Digest, Sha256};
 pub enum Source {
     Path(PathBuf),
     Url(String),
+    /// A container image from a registry, pinned by manifest digest; the
+    /// cache holds it as an OCI archive made by `airlock fetch`.
+    Image(crate::registry::ImageSource),
 }
 
 /// An input the build wants, with the digest the recipe pins.
@@ -107,16 +110,50 @@ impl Cache {
                     bail!(
                         "{}: {} comes from {url}, which is not in the cache ({}).\n\
                          Builds never use the network: on a connected machine run\n  \
-                         curl -fL -o {} '{url}'\n\
-                         (or copy the file there), then build again",
+                         airlock fetch {} --cache {}\n\
+                         (or copy the file to {}, or bring an `airlock bundle`), then build again",
                         w.at,
                         w.what,
+                        self.root.display(),
+                        recipe_of(&w.at),
                         self.root.display(),
                         blob.display()
                     );
                 }
                 (url.clone(), blob)
             }
+            Source::Image(img) => match crate::registry::cached_archive(self, img, &w.sha256)? {
+                // The archive's own digest identifies it from here on (the
+                // node checks it before importing); the source keeps the pin.
+                Some((_, rec)) => {
+                    let bare = img.reference.split('@').next().unwrap_or(&img.reference);
+                    let path = self.blob(&rec.archive);
+                    let size = fs::metadata(&path)
+                        .with_context(|| format!("reading cached {}", path.display()))?
+                        .len();
+                    return Ok(Resolved {
+                        what: w.what.clone(),
+                        source: format!("{bare}@sha256:{}", w.sha256),
+                        sha256: rec.archive,
+                        size,
+                        path,
+                        metadata_hit: true,
+                    });
+                }
+                None => bail!(
+                    "{}: {} ({} @sha256:{}) is not in the cache ({}).\n\
+                     Builds never use the network: on a connected machine run\n  \
+                     airlock fetch {} --cache {}\n\
+                     (or bring an `airlock bundle`), then build again",
+                    w.at,
+                    w.what,
+                    img.reference,
+                    w.sha256,
+                    self.root.display(),
+                    recipe_of(&w.at),
+                    self.root.display()
+                ),
+            },
             Source::Path(p) => {
                 let (path, hit) = self.take_local(w, p, progress)?;
                 metadata_hit = hit;
@@ -138,13 +175,22 @@ impl Cache {
 
     /// A local file: reuse the cache when its metadata says it is the file
     /// we verified before; otherwise hash it while copying it in.
-    fn take_local(&self, w: &Wanted, p: &Path, progress: &indicatif::ProgressBar) -> Result<(PathBuf, bool)> {
-        let abs = fs::canonicalize(p).with_context(|| {
-            format!("{}: opening {} ({})", w.at, p.display(), w.what)
-        })?;
+    fn take_local(
+        &self,
+        w: &Wanted,
+        p: &Path,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<(PathBuf, bool)> {
+        let abs = fs::canonicalize(p)
+            .with_context(|| format!("{}: opening {} ({})", w.at, p.display(), w.what))?;
         let meta = fs::metadata(&abs).with_context(|| format!("reading {}", abs.display()))?;
         if !meta.is_file() {
-            bail!("{}: {} ({}) is not a regular file", w.at, abs.display(), w.what);
+            bail!(
+                "{}: {} ({}) is not a regular file",
+                w.at,
+                abs.display(),
+                w.what
+            );
         }
         let blob = self.blob(&w.sha256);
         let seen_path = self.seen_path(&abs);
@@ -207,6 +253,17 @@ impl Cache {
     }
 }
 
+/// The recipe file of a `recipe.toml:14:9` position.
+fn recipe_of(at: &str) -> &str {
+    let mut parts = at.rsplitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(c), Some(l), Some(file)) if c.parse::<u32>().is_ok() && l.parse::<u32>().is_ok() => {
+            file
+        }
+        _ => at.split(" (").next().unwrap_or(at),
+    }
+}
+
 fn mismatch(w: &Wanted, file: &Path, actual: &str) -> String {
     format!(
         "{}: sha256 of {} ({}) is {actual}, expected {}; the file changed or the recipe pins the wrong digest",
@@ -263,7 +320,9 @@ mod tests {
         let f = d.path().join("in.bin");
         fs::write(&f, b"payload").unwrap();
         let cache = Cache::new(d.path().join("cache"));
-        let r = cache.resolve(&wanted(&f, &sha(b"payload")), &ProgressBar::hidden()).unwrap();
+        let r = cache
+            .resolve(&wanted(&f, &sha(b"payload")), &ProgressBar::hidden())
+            .unwrap();
         assert_eq!(r.path, cache.blob(&sha(b"payload")));
         assert_eq!(fs::read(&r.path).unwrap(), b"payload");
         assert_eq!(r.size, 7);
@@ -276,13 +335,20 @@ mod tests {
         fs::write(&f, b"evil").unwrap();
         let cache = Cache::new(d.path().join("cache"));
         let want = sha(b"good");
-        let err = cache.resolve(&wanted(&f, &want), &ProgressBar::hidden()).unwrap_err();
+        let err = cache
+            .resolve(&wanted(&f, &want), &ProgressBar::hidden())
+            .unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.starts_with("r.toml:3:10: "), "{msg}");
         assert!(msg.contains(&want) && msg.contains(&sha(b"evil")), "{msg}");
         assert!(msg.contains("in.bin"), "{msg}");
-        let left: Vec<_> = fs::read_dir(d.path().join("cache/sha256")).unwrap().collect();
-        assert!(left.is_empty(), "unverified bytes left in the cache: {left:?}");
+        let left: Vec<_> = fs::read_dir(d.path().join("cache/sha256"))
+            .unwrap()
+            .collect();
+        assert!(
+            left.is_empty(),
+            "unverified bytes left in the cache: {left:?}"
+        );
     }
 
     #[test]
@@ -292,9 +358,19 @@ mod tests {
         fs::write(&f, b"one").unwrap();
         let cache = Cache::new(d.path().join("cache"));
         let w = wanted(&f, &sha(b"one"));
-        assert!(!cache.resolve(&w, &ProgressBar::hidden()).unwrap().metadata_hit);
+        assert!(
+            !cache
+                .resolve(&w, &ProgressBar::hidden())
+                .unwrap()
+                .metadata_hit
+        );
         // Unchanged metadata: the cache answers without reading the file.
-        assert!(cache.resolve(&w, &ProgressBar::hidden()).unwrap().metadata_hit);
+        assert!(
+            cache
+                .resolve(&w, &ProgressBar::hidden())
+                .unwrap()
+                .metadata_hit
+        );
         // Changing the content changes mtime/ctime: the file is read again and
         // the mismatch caught even though the old digest is cached.
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -313,8 +389,18 @@ mod tests {
             source: Source::Url("https://example.invalid/base.tar.zst".into()),
             sha256: sha(b"x"),
         };
-        let msg = format!("{:#}", cache.resolve(&w, &ProgressBar::hidden()).unwrap_err());
-        assert!(msg.contains("https://example.invalid/base.tar.zst"), "{msg}");
-        assert!(msg.contains(&cache.blob(&sha(b"x")).display().to_string()), "{msg}");
+        let msg = format!(
+            "{:#}",
+            cache.resolve(&w, &ProgressBar::hidden()).unwrap_err()
+        );
+        assert!(
+            msg.contains("https://example.invalid/base.tar.zst"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&cache.blob(&sha(b"x")).display().to_string()),
+            "{msg}"
+        );
+        assert!(msg.contains("airlock fetch r.toml --cache"), "{msg}");
     }
 }

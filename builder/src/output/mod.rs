@@ -5,6 +5,8 @@
 //! renamed into place only when complete, so an interrupted build never
 //! leaves a file under a final name.
 
+pub mod formats;
+
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -28,7 +30,11 @@ impl<W: Write> HashWriter<W> {
         }
     }
     pub fn finish(self) -> (W, String, u64) {
-        (self.inner, hex::encode(self.hasher.finalize()), self.written)
+        (
+            self.inner,
+            hex::encode(self.hasher.finalize()),
+            self.written,
+        )
     }
 }
 
@@ -53,11 +59,16 @@ pub struct Compressed {
 
 /// Reads `raw` once, hashing it and compressing it with multi-threaded zstd
 /// into `zst`, and hashes the compressed stream as it is written.
-pub fn compress_and_hash(raw: &Path, zst: &Path, progress: &indicatif::ProgressBar) -> Result<Compressed> {
+pub fn compress_and_hash(
+    raw: &Path,
+    zst: &Path,
+    progress: &indicatif::ProgressBar,
+) -> Result<Compressed> {
     let input = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
     let out = File::create(zst).with_context(|| format!("creating {}", zst.display()))?;
-    let mut enc = zstd::stream::Encoder::new(HashWriter::new(BufWriter::with_capacity(1 << 20, out)), 3)
-        .context("starting zstd")?;
+    let mut enc =
+        zstd::stream::Encoder::new(HashWriter::new(BufWriter::with_capacity(1 << 20, out)), 3)
+            .context("starting zstd")?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     enc.multithread(threads).context("enabling zstd threads")?;
     enc.include_checksum(true).context("configuring zstd")?;
@@ -65,7 +76,8 @@ pub fn compress_and_hash(raw: &Path, zst: &Path, progress: &indicatif::ProgressB
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 4 << 20];
     loop {
-        let n = read_full(&mut reader, &mut buf).with_context(|| format!("reading {}", raw.display()))?;
+        let n = read_full(&mut reader, &mut buf)
+            .with_context(|| format!("reading {}", raw.display()))?;
         if n == 0 {
             break;
         }
@@ -73,13 +85,16 @@ pub fn compress_and_hash(raw: &Path, zst: &Path, progress: &indicatif::ProgressB
         enc.write_all(&buf[..n])
             .with_context(|| format!("compressing into {}", zst.display()))?;
     }
-    let hw = enc.finish().with_context(|| format!("finishing {}", zst.display()))?;
+    let hw = enc
+        .finish()
+        .with_context(|| format!("finishing {}", zst.display()))?;
     let (bw, zst_sha256, zst_size) = hw.finish();
     let file = bw
         .into_inner()
         .map_err(|e| e.into_error())
         .with_context(|| format!("writing {}", zst.display()))?;
-    file.sync_all().with_context(|| format!("syncing {}", zst.display()))?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", zst.display()))?;
     Ok(Compressed {
         raw_sha256: hex::encode(hasher.finalize()),
         zst_sha256,
@@ -104,7 +119,9 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 pub fn sha256sums(entries: &[(String, String)]) -> String {
     let mut e: Vec<_> = entries.to_vec();
     e.sort_by(|a, b| a.0.cmp(&b.0));
-    e.iter().map(|(name, sum)| format!("{sum}  {name}\n")).collect()
+    e.iter()
+        .map(|(name, sum)| format!("{sum}  {name}\n"))
+        .collect()
 }
 
 /// A temporary folder inside the output folder; `commit` renames its files
@@ -119,7 +136,8 @@ pub struct Staging {
 impl Staging {
     pub fn new(out: &Path) -> Result<Staging> {
         let created_out = !out.exists();
-        fs::create_dir_all(out).with_context(|| format!("creating output folder {}", out.display()))?;
+        fs::create_dir_all(out)
+            .with_context(|| format!("creating output folder {}", out.display()))?;
         let dir = tempfile::Builder::new()
             .prefix(".airlock-tmp-")
             .tempdir_in(out)
@@ -208,11 +226,19 @@ mod tests {
             let s = Staging::new(&out).unwrap();
             fs::write(s.path("x.raw"), b"half").unwrap();
         }
-        assert!(!out.exists(), "failed build left {:?}", fs::read_dir(&out).map(|r| r.count()));
+        assert!(
+            !out.exists(),
+            "failed build left {:?}",
+            fs::read_dir(&out).map(|r| r.count())
+        );
         let s = Staging::new(&out).unwrap();
         fs::write(s.path("x.raw"), b"whole").unwrap();
         s.commit(&["x.raw"]).unwrap();
         assert_eq!(fs::read(out.join("x.raw")).unwrap(), b"whole");
-        assert_eq!(fs::read_dir(&out).unwrap().count(), 1, "temp folder left behind");
+        assert_eq!(
+            fs::read_dir(&out).unwrap().count(),
+            1,
+            "temp folder left behind"
+        );
     }
 }

@@ -54,6 +54,23 @@ pub struct Recipe {
     pub node: Node,
     #[serde(default)]
     pub systemd: SystemdSpec,
+    /// Registry mirrors, tried in order before the registry an image names.
+    #[serde(default, rename = "mirror", skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<crate::registry::Mirror>,
+    /// A Kubernetes node (crate::kube::spec); without it a plain image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<crate::kube::spec::Kubernetes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containerd: Option<crate::kube::spec::Containerd>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<crate::kube::spec::Cni>,
+    /// Container image archives to preload.
+    #[serde(default, rename = "image", skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<crate::kube::spec::ImageInput>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::kube::spec::Cluster>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<crate::kube::spec::Host>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -71,9 +88,28 @@ pub struct Base {
     pub path: Option<Spanned<PathBuf>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<Spanned<String>>,
+    /// A container image (`quay.io/fedora/fedora-bootc:43@sha256:…`) whose
+    /// layers are flattened into the root; pinned by its digest, in the
+    /// reference or the lock file. A `path` or `url` may also name an OCI
+    /// image layout archive, flattened the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Spanned<String>>,
+    /// The platform taken from a multi-platform image (default linux/amd64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Spanned<String>>,
     /// Unset: the digest must come from the lock file (`airlock lock`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<Spanned<String>>,
+}
+
+impl Base {
+    /// The platform of an image base.
+    pub fn platform(&self) -> &str {
+        self.platform
+            .as_ref()
+            .map(|p| p.get_ref().as_str())
+            .unwrap_or(crate::registry::DEFAULT_PLATFORM)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -135,6 +171,10 @@ pub struct DiskSpec {
     pub disk_guid: Option<Spanned<uuid::Uuid>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_fs_uuid: Option<Spanned<uuid::Uuid>>,
+    /// Output formats: raw, raw.zst, qcow2, vmdk, vhdx (raw is always
+    /// written; `airlock build --format` overrides this list).
+    #[serde(default = "default_formats")]
+    pub formats: Vec<crate::output::formats::Format>,
 }
 
 impl Default for DiskSpec {
@@ -145,8 +185,13 @@ impl Default for DiskSpec {
             label: default_label(),
             disk_guid: None,
             root_fs_uuid: None,
+            formats: default_formats(),
         }
     }
+}
+
+fn default_formats() -> Vec<crate::output::formats::Format> {
+    crate::output::formats::DEFAULT.to_vec()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -196,6 +241,20 @@ pub struct User {
 #[serde(deny_unknown_fields)]
 pub struct Node {
     pub hostname: Spanned<String>,
+    /// Kubernetes nodes: "init" (first control plane, default) or "join" (worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Spanned<String>>,
+    /// Kubernetes node name (default: hostname).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_address: Option<Spanned<String>>,
+    /// Used at first boot when no address is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_interface: Option<Spanned<String>>,
+    /// `host:port` of the API server (default: cluster.control_plane_endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane_endpoint: Option<Spanned<String>>,
 }
 
 /// A permission mode written as an octal string ("0755") or an integer.
@@ -317,7 +376,13 @@ pub fn parse(path: &Path, text: String) -> Result<Loaded> {
     };
     let dir = path
         .parent()
-        .map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d })
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        })
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
@@ -331,6 +396,8 @@ pub fn parse(path: &Path, text: String) -> Result<Loaded> {
         text,
         sha256,
     };
+    let mut loaded = loaded;
+    crate::registry::adopt_image_refs(&mut loaded)?;
     validate(&loaded)?;
     Ok(loaded)
 }
@@ -351,26 +418,43 @@ fn validate(l: &Loaded) -> Result<()> {
         );
     }
     check_sha(l, "base.sha256", &r.base.sha256)?;
-    match (&r.base.path, &r.base.url) {
-        (Some(_), Some(u)) => bail!("{}: [base] has both path and url: keep one", l.at(u)),
-        (None, None) => bail!(
-            "{}: [base] needs `path` (a rootfs tarball) or `url`",
+    match (&r.base.path, &r.base.url, &r.base.image) {
+        (Some(_), Some(u), _) | (Some(_), _, Some(u)) | (_, Some(_), Some(u)) => {
+            bail!(
+                "{}: [base] has more than one of path, url and image: keep one",
+                l.at(u)
+            )
+        }
+        (None, None, None) => bail!(
+            "{}: [base] needs `path` (a rootfs tarball or OCI archive), `url` or `image`",
             l.path.display()
         ),
         _ => {}
     }
+    if let Some(i) = &r.base.image {
+        crate::registry::reference::Reference::parse(i.get_ref())
+            .with_context(|| format!("{}: base.image", l.at(i)))?;
+        if let Some(s) = &r.base.sha256 {
+            bail!("{}: base.sha256 is for files: pin an image with @sha256:… in base.image (or let `airlock lock` pin it)", l.at(s));
+        }
+    }
+    if let Some(p) = &r.base.platform {
+        crate::registry::manifest::Platform::parse(p.get_ref())
+            .with_context(|| format!("{}: base.platform", l.at(p)))?;
+    }
+    crate::registry::validate_mirrors(l, &r.mirrors)?;
     for f in &r.files {
         check_sha(l, "file.sha256", &f.sha256)?;
         check_dest(l, "file.path", &f.path)?;
-        parse_owner(f.owner.get_ref()).with_context(|| format!("{}: file.owner", l.at(&f.owner)))?;
+        parse_owner(f.owner.get_ref())
+            .with_context(|| format!("{}: file.owner", l.at(&f.owner)))?;
     }
     for a in &r.archives {
         check_sha(l, "archive.sha256", &a.sha256)?;
         check_dest(l, "archive.dest", &a.dest)?;
         for m in &a.members {
-            glob::Pattern::new(m).with_context(|| {
-                format!("{}: archive.members pattern {m:?}", l.at(&a.source))
-            })?;
+            glob::Pattern::new(m)
+                .with_context(|| format!("{}: archive.members pattern {m:?}", l.at(&a.source)))?;
         }
     }
     for t in &r.templates {
@@ -379,9 +463,7 @@ fn validate(l: &Loaded) -> Result<()> {
     let host = r.node.hostname.get_ref();
     let host_ok = !host.is_empty()
         && host.len() <= 63
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         && !host.starts_with('-')
         && !host.ends_with('-');
     if !host_ok {
@@ -422,16 +504,24 @@ fn validate(l: &Loaded) -> Result<()> {
     }
     if let Some(k) = &r.boot.kernel {
         if k.get_ref().contains('/') {
-            bail!("{}: boot.kernel is a version like \"6.1.0-28-amd64\", not a path", l.at(k));
+            bail!(
+                "{}: boot.kernel is a version like \"6.1.0-28-amd64\", not a path",
+                l.at(k)
+            );
         }
     }
+    crate::kube::spec::validate(l)?;
     Ok(())
 }
 
 fn check_sha(l: &Loaded, key: &str, s: &Option<Spanned<String>>) -> Result<()> {
     let Some(s) = s else { return Ok(()) };
     let v = s.get_ref();
-    if v.len() != 64 || !v.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+    if v.len() != 64
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    {
         bail!(
             "{}: {key} {v:?} is not a sha256 (64 lowercase hex digits); compute it with `sha256sum FILE`",
             l.at(s)
@@ -443,7 +533,10 @@ fn check_sha(l: &Loaded, key: &str, s: &Option<Spanned<String>>) -> Result<()> {
 fn check_dest(l: &Loaded, key: &str, s: &Spanned<String>) -> Result<()> {
     let v = s.get_ref();
     if !v.starts_with('/') {
-        bail!("{}: {key} {v:?} must be an absolute path inside the image", l.at(s));
+        bail!(
+            "{}: {key} {v:?} must be an absolute path inside the image",
+            l.at(s)
+        );
     }
     if v.split('/').any(|c| c == "..") {
         bail!("{}: {key} {v:?} must not contain '..'", l.at(s));
@@ -459,9 +552,9 @@ pub enum Id {
 }
 
 pub fn parse_owner(s: &str) -> Result<(Id, Id)> {
-    let (u, g) = s
-        .split_once(':')
-        .with_context(|| format!("owner {s:?} must be USER:GROUP, e.g. \"root:root\" or \"0:0\""))?;
+    let (u, g) = s.split_once(':').with_context(|| {
+        format!("owner {s:?} must be USER:GROUP, e.g. \"root:root\" or \"0:0\"")
+    })?;
     let id = |x: &str| -> Result<Id> {
         if x.is_empty() {
             bail!("owner {s:?} has an empty part");
@@ -502,18 +595,33 @@ impl Loaded {
             }
         };
         let sha = |s: &Option<Spanned<String>>| s.as_ref().map(|s| s.get_ref().clone());
-        let at = |s: &Option<Spanned<String>>, fallback: String| s.as_ref().map(|s| self.at(s)).unwrap_or(fallback);
+        let at = |s: &Option<Spanned<String>>, fallback: String| {
+            s.as_ref().map(|s| self.at(s)).unwrap_or(fallback)
+        };
         let mut out = Vec::new();
-        let (source, at_src) = match (&r.base.path, &r.base.url) {
-            (Some(p), _) => (p.get_ref().display().to_string(), self.at(p)),
-            (_, Some(u)) => (u.get_ref().clone(), self.at(u)),
+        let (source, at_src) = match (&r.base.path, &r.base.url, &r.base.image) {
+            (Some(p), _, _) => (p.get_ref().display().to_string(), self.at(p)),
+            (_, Some(u), _) => (u.get_ref().clone(), self.at(u)),
+            (_, _, Some(i)) => (i.get_ref().clone(), self.at(i)),
             _ => unreachable!("validated"),
         };
         out.push(InputRef {
             what: "base".into(),
-            resolved: src(&source),
+            resolved: match &r.base.image {
+                Some(_) => Source::Image(crate::registry::ImageSource::new(
+                    &source,
+                    &[r.base.platform()],
+                )),
+                None => src(&source),
+            },
+            sha256: match &r.base.image {
+                Some(_) => crate::registry::reference::Reference::parse(&source)
+                    .ok()
+                    .and_then(|r| r.digest)
+                    .map(|d| crate::registry::reference::hex_of(&d).to_string()),
+                None => sha(&r.base.sha256),
+            },
             source,
-            sha256: sha(&r.base.sha256),
             at: at(&r.base.sha256, at_src),
             dest: "/".into(),
         });
@@ -537,6 +645,7 @@ impl Loaded {
                 dest: a.dest.get_ref().clone(),
             });
         }
+        out.extend(crate::kube::spec::inputs(self));
         out
     }
 

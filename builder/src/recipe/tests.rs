@@ -48,13 +48,28 @@ fn good_recipe_gets_defaults() {
 fn hostile_recipes_name_file_line_column_and_key() {
     // (case, edit to the good recipe, position, words the error must carry)
     let cases: &[(&str, &str, &str, &[&str])] = &[
-        ("unknown key", "[node]\nhostname = \"node-1\"\nflavour = \"x\"\n", "r.toml:", &["flavour"]),
+        (
+            "unknown key",
+            "[node]\nhostname = \"node-1\"\nflavour = \"x\"\n",
+            "r.toml:",
+            &["flavour"],
+        ),
         ("bad sha", "", "r.toml:5:10", &["base.sha256", "sha256sum"]),
         ("bad mode", "", "r.toml:11:8", &["octal"]),
-        ("dest not absolute", "", "r.toml:10:8", &["file.path", "absolute"]),
+        (
+            "dest not absolute",
+            "",
+            "r.toml:10:8",
+            &["file.path", "absolute"],
+        ),
         ("dest with ..", "", "r.toml:10:8", &["'..'"]),
         ("bad hostname", "", "r.toml:14:12", &["node.hostname"]),
-        ("bad size", "[disk]\nsize = \"4 parsecs\"\n", "r.toml:", &["unknown unit"]),
+        (
+            "bad size",
+            "[disk]\nsize = \"4 parsecs\"\n",
+            "r.toml:",
+            &["unknown unit"],
+        ),
     ];
     for (case, extra, at, words) in cases {
         let mut text = good();
@@ -62,7 +77,9 @@ fn hostile_recipes_name_file_line_column_and_key() {
             "unknown key" => text = text.replace("[node]\nhostname = \"node-1\"\n", extra),
             "bad sha" => text = text.replacen(SHA, "abc", 1),
             "bad mode" => text = text.replace("\"0755\"", "\"0999\""),
-            "dest not absolute" => text = text.replace("\"/usr/local/bin/tool\"", "\"usr/local/bin/tool\""),
+            "dest not absolute" => {
+                text = text.replace("\"/usr/local/bin/tool\"", "\"usr/local/bin/tool\"")
+            }
             "dest with .." => text = text.replace("\"/usr/local/bin/tool\"", "\"/usr/../../x\""),
             "bad hostname" => text = text.replace("node-1", "node_1!"),
             _ => text.push_str(extra),
@@ -77,7 +94,10 @@ fn hostile_recipes_name_file_line_column_and_key() {
 
 #[test]
 fn unknown_key_position_points_at_the_key() {
-    let text = good().replace("hostname = \"node-1\"", "hostname = \"node-1\"\nhostnme = \"x\"");
+    let text = good().replace(
+        "hostname = \"node-1\"",
+        "hostname = \"node-1\"\nhostnme = \"x\"",
+    );
     let e = err(&text);
     assert!(e.starts_with("/recipes/r.toml:15:1: "), "{e}");
     assert!(e.contains("hostnme"), "{e}");
@@ -85,8 +105,28 @@ fn unknown_key_position_points_at_the_key() {
 
 #[test]
 fn base_needs_exactly_one_source() {
-    let both = good().replace("path = \"base.tar.zst\"", "path = \"a\"\nurl = \"https://x/b\"");
-    assert!(err(&both).contains("both path and url"));
+    let both = good().replace(
+        "path = \"base.tar.zst\"",
+        "path = \"a\"\nurl = \"https://x/b\"",
+    );
+    assert!(err(&both).contains("more than one of path, url and image"));
+    let image = good().replace(
+        "path = \"base.tar.zst\"",
+        "image = \"quay.io/fedora/fedora-bootc:43\"",
+    );
+    assert!(
+        err(&image).contains("base.sha256 is for files"),
+        "{}",
+        err(&image)
+    );
+    let l = parse_str(&image.replacen(&format!("sha256 = \"{SHA}\"\n"), "", 1)).unwrap();
+    let base = &l.inputs()[0];
+    assert_eq!(base.sha256, None);
+    assert!(
+        matches!(&base.resolved, crate::inputs::Source::Image(i) if i.platforms == ["linux/amd64"])
+    );
+    let bad = image.replace(":43", "");
+    assert!(err(&bad).contains("base.image"), "{}", err(&bad));
     let none = good().replace("path = \"base.tar.zst\"\n", "");
     assert!(err(&none).contains("needs `path`"));
 }
@@ -98,7 +138,10 @@ fn unpinned_input_needs_the_lock() {
     let inputs = l.inputs();
     assert_eq!(inputs[0].what, "base");
     let e = format!("{:#}", l.pinned(&inputs[0]).unwrap_err());
-    assert!(e.contains("not pinned") && e.contains("airlock lock"), "{e}");
+    assert!(
+        e.contains("not pinned") && e.contains("airlock lock"),
+        "{e}"
+    );
     assert_eq!(l.pinned(&inputs[1]).unwrap(), SHA);
 }
 

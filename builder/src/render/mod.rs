@@ -56,7 +56,8 @@ impl Renderer {
             }
             Err(e) => bail!(describe(name, &e)),
         };
-        tmpl.render(ctx).map_err(|e| anyhow::anyhow!(describe(name, &e)))
+        tmpl.render(ctx)
+            .map_err(|e| anyhow::anyhow!(describe(name, &e)))
     }
 }
 
@@ -103,7 +104,9 @@ mod tests {
     fn recipe_dir_shadows_builtin() {
         let name = builtin_names().next().expect("airlock ships templates");
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join(name), "shadowed {{ x }}").unwrap();
+        let p = d.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, "shadowed {{ x }}").unwrap();
         let r = Renderer::new(Some(d.path().to_path_buf()));
         assert_eq!(r.render(name, &json!({"x": 1})).unwrap(), "shadowed 1");
     }

@@ -121,6 +121,34 @@ pub fn extract(
     opts: &ExtractOpts,
     what: &str,
 ) -> Result<ExtractStats> {
+    extract_with(root, reader, opts, what, None)
+}
+
+/// Extracts one OCI image layer over the layers below it, honouring
+/// whiteouts (`.wh.name`, `.wh..wh..opq`; see [`super::whiteout`]); no
+/// whiteout file is left in the tree.
+pub fn extract_layer(
+    root: &Root,
+    reader: impl Read,
+    opts: &ExtractOpts,
+    what: &str,
+) -> Result<ExtractStats> {
+    extract_with(
+        root,
+        reader,
+        opts,
+        what,
+        Some(&mut super::whiteout::Layer::default()),
+    )
+}
+
+fn extract_with(
+    root: &Root,
+    reader: impl Read,
+    opts: &ExtractOpts,
+    what: &str,
+    mut layer: Option<&mut super::whiteout::Layer>,
+) -> Result<ExtractStats> {
     let dest = Rel::parse(opts.dest.as_ref())
         .with_context(|| format!("extracting {what}: bad destination {:?}", opts.dest))?;
     let members = opts
@@ -148,9 +176,16 @@ pub fn extract(
             let raw = entry.path_bytes();
             let selected = select(&raw, opts.strip_components, &members, &mut matched);
             if let Some(rel) = selected.with_context(ctx)? {
-                stats.bytes += extract_entry(root, &mut entry, &dest.join(&rel), &dest, opts)
-                    .with_context(ctx)?;
-                stats.entries += 1;
+                let full = dest.join(&rel);
+                let whiteout = match layer.as_deref_mut() {
+                    Some(l) => l.entry(root, &full).with_context(ctx)?,
+                    None => false,
+                };
+                if !whiteout {
+                    stats.bytes +=
+                        extract_entry(root, &mut entry, &full, &dest, opts).with_context(ctx)?;
+                    stats.entries += 1;
+                }
             }
         }
         last = Some(name);

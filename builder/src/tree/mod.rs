@@ -27,12 +27,14 @@ pub mod extract;
 mod ops;
 pub mod overlay;
 mod rel;
+mod whiteout;
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{ensure, Context, Result};
 use rustix::fs::{FileType, Mode, OFlags};
@@ -95,6 +97,8 @@ pub(crate) enum Existing {
 pub struct Root {
     fd: OwnedFd,
     path: PathBuf,
+    /// Paths of regular files written since [`Root::record_writes`], as given.
+    written: Mutex<Option<Vec<OsString>>>,
 }
 
 impl Root {
@@ -136,6 +140,7 @@ impl Root {
         Ok(Root {
             fd,
             path: path.to_owned(),
+            written: Mutex::new(None),
         })
     }
 
@@ -212,6 +217,68 @@ impl Root {
         let mut data = Vec::new();
         File::from(fd).read_to_end(&mut data).with_context(ctx)?;
         Ok(Some(data))
+    }
+
+    /// Opens `dest` for reading, following symlinks inside the root;
+    /// `None` when it does not exist. Like [`Root::read`], but streaming.
+    pub fn open(&self, dest: &str) -> Result<Option<File>> {
+        let rel = Rel::named(dest.as_ref())?;
+        let ctx = || format!("opening {rel} in {}", self.path.display());
+        match at::open_in_root(self.fd(), rel.as_os(), OFlags::RDONLY) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(Errno::NOENT | Errno::NOTDIR) => Ok(None),
+            Err(e) => Err(e).with_context(ctx),
+        }
+    }
+
+    /// The image path `dest` names once every symlink in it is followed
+    /// inside the root (`/opt/x` with `opt -> var/opt` is `/var/opt/x`);
+    /// `None` when it does not exist.
+    pub fn resolve(&self, dest: &str) -> Result<Option<String>> {
+        let rel = Rel::parse(dest.as_ref())?;
+        let ctx = || format!("resolving {rel} in {}", self.path.display());
+        let fd = match at::open_in_root(self.fd(), rel.as_os(), OFlags::PATH) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT | Errno::NOTDIR) => return Ok(None),
+            Err(e) => return Err(e).with_context(ctx),
+        };
+        let host = |fd: BorrowedFd<'_>| {
+            std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .context("reading the path of a descriptor in /proc/self/fd (is /proc mounted?)")
+        };
+        let top = host(self.fd()).with_context(ctx)?;
+        let here = host(fd.as_fd()).with_context(ctx)?;
+        let inside = here.strip_prefix(&top).with_context(|| {
+            format!("{}: resolved to {} outside the root", ctx(), here.display())
+        })?;
+        let inside = inside
+            .to_str()
+            .with_context(|| format!("{}: {} is not UTF-8", ctx(), inside.display()))?;
+        Ok(Some(format!("/{inside}")))
+    }
+
+    /// From now on, remember the path of every regular file written (by
+    /// [`Root::write_file`], archives and overlays), for the manifest of
+    /// what the build placed on top of the base.
+    pub fn record_writes(&self) {
+        *self.written.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+    }
+
+    /// The image paths recorded since [`Root::record_writes`], as they were
+    /// given (not resolved), in write order, with repeats.
+    pub fn written(&self) -> Vec<String> {
+        let w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        w.iter()
+            .flatten()
+            .map(|p| format!("/{}", p.to_string_lossy()))
+            .collect()
+    }
+
+    pub(crate) fn note_written(&self, rel: &Rel) {
+        let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = w.as_mut() {
+            w.push(rel.as_os().to_owned());
+        }
     }
 
     /// Whether `dest` exists, following symlinks inside the root (like

@@ -40,6 +40,7 @@ impl Root {
             .map_err(|e| e.into_error())
             .with_context(ctx)?;
         at::set_fd_attrs(file.as_fd(), attrs).with_context(ctx)?;
+        self.note_written(rel);
         Ok(bytes)
     }
 

@@ -53,7 +53,9 @@ pub enum ImageFormat {
 pub fn detect_format(path: &Path) -> Result<ImageFormat> {
     let mut head = [0u8; 4];
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let n = f.read(&mut head).with_context(|| format!("reading {}", path.display()))?;
+    let n = f
+        .read(&mut head)
+        .with_context(|| format!("reading {}", path.display()))?;
     match &head[..n] {
         b"QFI\xfb" => Ok(ImageFormat::Qcow2),
         [0x28, 0xb5, 0x2f, 0xfd] => bail!(
@@ -67,9 +69,18 @@ pub fn detect_format(path: &Path) -> Result<ImageFormat> {
 /// Finds UEFI firmware code and a variables template (Debian, then Fedora paths).
 pub fn find_firmware() -> Result<(PathBuf, PathBuf)> {
     let pairs = [
-        ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-        ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
-        ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+        (
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        ),
+        (
+            "/usr/share/edk2/ovmf/OVMF_CODE.fd",
+            "/usr/share/edk2/ovmf/OVMF_VARS.fd",
+        ),
+        (
+            "/usr/share/OVMF/OVMF_CODE.fd",
+            "/usr/share/OVMF/OVMF_VARS.fd",
+        ),
     ];
     for (c, v) in pairs {
         if Path::new(c).is_file() && Path::new(v).is_file() {
@@ -83,7 +94,14 @@ pub fn find_firmware() -> Result<(PathBuf, PathBuf)> {
 pub fn qemu_argv(o: &VmOpts, format: ImageFormat, code: &Path, vars: &Path) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: &str| a.push(s.into());
-    for s in ["-accel", "tcg", "-machine", "q35", "-nodefaults", "-no-user-config"] {
+    for s in [
+        "-accel",
+        "tcg",
+        "-machine",
+        "q35",
+        "-nodefaults",
+        "-no-user-config",
+    ] {
         push(s);
     }
     push("-m");
@@ -91,15 +109,24 @@ pub fn qemu_argv(o: &VmOpts, format: ImageFormat, code: &Path, vars: &Path) -> V
     push("-smp");
     push(&o.cpus.to_string());
     push("-drive");
-    push(&format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()));
+    push(&format!(
+        "if=pflash,format=raw,unit=0,readonly=on,file={}",
+        code.display()
+    ));
     push("-drive");
-    push(&format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+    push(&format!(
+        "if=pflash,format=raw,unit=1,file={}",
+        vars.display()
+    ));
     let fmt = match format {
         ImageFormat::Raw => "raw",
         ImageFormat::Qcow2 => "qcow2",
     };
     push("-drive");
-    push(&format!("file={},format={fmt},if=virtio", o.image.display()));
+    push(&format!(
+        "file={},format={fmt},if=virtio",
+        o.image.display()
+    ));
     if o.snapshot {
         push("-snapshot");
     }
@@ -115,7 +142,15 @@ pub fn qemu_argv(o: &VmOpts, format: ImageFormat, code: &Path, vars: &Path) -> V
             push("virtio-net-pci,netdev=n0");
         }
     }
-    for s in ["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"] {
+    for s in [
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-no-reboot",
+    ] {
         push(s);
     }
     a
@@ -311,18 +346,31 @@ mod tests {
     }
 
     fn joined(a: Vec<OsString>) -> String {
-        a.iter().map(|s| s.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+        a.iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     #[test]
     fn no_network_unless_restricted() {
-        let a = joined(qemu_argv(&opts(Net::None), ImageFormat::Raw, Path::new("/c"), Path::new("/v")));
+        let a = joined(qemu_argv(
+            &opts(Net::None),
+            ImageFormat::Raw,
+            Path::new("/c"),
+            Path::new("/v"),
+        ));
         assert!(a.contains("-nic none"), "{a}");
         assert!(!a.contains("netdev"), "{a}");
         assert!(a.contains("-accel tcg"), "{a}");
         assert!(a.contains("file=/img/disk.raw,format=raw,if=virtio"), "{a}");
         assert!(a.contains("readonly=on,file=/c"), "{a}");
-        let a = joined(qemu_argv(&opts(Net::Restricted), ImageFormat::Qcow2, Path::new("/c"), Path::new("/v")));
+        let a = joined(qemu_argv(
+            &opts(Net::Restricted),
+            ImageFormat::Qcow2,
+            Path::new("/c"),
+            Path::new("/v"),
+        ));
         assert!(a.contains("-netdev user,id=n0,restrict=on"), "{a}");
         assert!(!a.contains("hostfwd") && !a.contains("-nic none"), "{a}");
         assert!(a.contains("format=qcow2"), "{a}");
@@ -330,7 +378,10 @@ mod tests {
 
     #[test]
     fn console_lines_are_cleaned() {
-        assert_eq!(clean_line(b"\x1b[0;32m  OK  \x1b[0m] Started x.\r"), "  OK  ] Started x.");
+        assert_eq!(
+            clean_line(b"\x1b[0;32m  OK  \x1b[0m] Started x.\r"),
+            "  OK  ] Started x."
+        );
     }
 
     #[test]
@@ -338,7 +389,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("x.raw.zst");
         std::fs::write(&p, zstd::encode_all(&b"x"[..], 1).unwrap()).unwrap();
-        assert!(detect_format(&p).unwrap_err().to_string().contains("zstd -d"));
+        assert!(detect_format(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("zstd -d"));
         std::fs::write(&p, b"QFI\xfb....").unwrap();
         assert_eq!(detect_format(&p).unwrap(), ImageFormat::Qcow2);
     }

@@ -33,7 +33,10 @@ pub fn have(tool: &str) -> bool {
         .iter()
         .any(|d| Path::new(d).join(tool).is_file());
     if !found {
-        assert!(std::env::var_os("CI").is_none(), "{tool} is required in CI: run .ci/run");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is required in CI: run .ci/run"
+        );
         eprintln!("skipping: {tool} is not installed");
     }
     found
@@ -42,7 +45,10 @@ pub fn have(tool: &str) -> bool {
 pub fn is_root() -> bool {
     let ok = rustix::process::geteuid().is_root();
     if !ok {
-        assert!(std::env::var_os("CI").is_none(), "the build tests need root in CI");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the build tests need root in CI"
+        );
         eprintln!("skipping: needs root");
     }
     ok
@@ -50,13 +56,20 @@ pub fn is_root() -> bool {
 
 pub fn run_ok(out: Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "command failed: {stderr}\nstdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "command failed: {stderr}\nstdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned() + &stderr
 }
 
 pub fn run_err(out: Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "command unexpectedly succeeded: {stderr}");
+    assert!(
+        !out.status.success(),
+        "command unexpectedly succeeded: {stderr}"
+    );
     stderr
 }
 
@@ -106,9 +119,12 @@ pub fn tarball(path: &Path, entries: &[Entry]) {
                 b.append_link(&mut h, p, target).unwrap();
             }
             Entry::Xattr(p, data, attrs) => {
-                let pax: Vec<(String, &[u8])> =
-                    attrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v)).collect();
-                b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), *v))).unwrap();
+                let pax: Vec<(String, &[u8])> = attrs
+                    .iter()
+                    .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+                    .collect();
+                b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), *v)))
+                    .unwrap();
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_mode(0o755);
                 h.set_size(data.len() as u64);
@@ -129,8 +145,8 @@ pub fn tarball(path: &Path, entries: &[Entry]) {
 
 /// A cap_net_bind_service=ep capability, as setcap writes it (v2).
 pub const CAP_NET_BIND: &[u8] = &[
-    0x00, 0x00, 0x00, 0x02, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-    0x00,
+    0x00, 0x00, 0x00, 0x02, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,
 ];
 
 /// A small but complete base: accounts, a (fake) kernel and initramfs,
@@ -139,26 +155,72 @@ pub const CAP_NET_BIND: &[u8] = &[
 pub fn base_entries() -> Vec<Entry<'static>> {
     vec![
         Entry::Dir("etc", 0o755),
-        Entry::File("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\netcd:x:100000:100000::/var/lib/etcd:/bin/false\n", 0o644, 0, 0),
-        Entry::File("etc/group", b"root:x:0:\nshadow:x:42:\nwheel:x:10:\netcd:x:100000:\n", 0o644, 0, 0),
+        Entry::File(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\netcd:x:100000:100000::/var/lib/etcd:/bin/false\n",
+            0o644,
+            0,
+            0,
+        ),
+        Entry::File(
+            "etc/group",
+            b"root:x:0:\nshadow:x:42:\nwheel:x:10:\netcd:x:100000:\n",
+            0o644,
+            0,
+            0,
+        ),
         Entry::File("etc/shadow", b"root:*:19000:0:99999:7:::\n", 0o640, 0, 42),
-        Entry::File("etc/machine-id", b"0123456789abcdef0123456789abcdef\n", 0o444, 0, 0),
+        Entry::File(
+            "etc/machine-id",
+            b"0123456789abcdef0123456789abcdef\n",
+            0o444,
+            0,
+            0,
+        ),
         Entry::File("etc/ssh/ssh_host_ed25519_key", b"PRIVATE", 0o600, 0, 0),
         Entry::Dir("boot", 0o755),
         Entry::File("boot/vmlinuz-6.1.0-9-amd64", b"old kernel", 0o644, 0, 0),
         Entry::File("boot/initrd.img-6.1.0-9-amd64", b"old initrd", 0o644, 0, 0),
-        Entry::File("boot/vmlinuz-6.1.0-28-amd64", b"MZ fake kernel", 0o644, 0, 0),
-        Entry::File("boot/initrd.img-6.1.0-28-amd64", b"fake initramfs", 0o644, 0, 0),
-        Entry::File("usr/lib/systemd/boot/efi/systemd-bootx64.efi", b"MZ fake systemd-boot", 0o644, 0, 0),
+        Entry::File(
+            "boot/vmlinuz-6.1.0-28-amd64",
+            b"MZ fake kernel",
+            0o644,
+            0,
+            0,
+        ),
+        Entry::File(
+            "boot/initrd.img-6.1.0-28-amd64",
+            b"fake initramfs",
+            0o644,
+            0,
+            0,
+        ),
+        Entry::File(
+            "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+            b"MZ fake systemd-boot",
+            0o644,
+            0,
+            0,
+        ),
         Entry::Dir("var/opt", 0o755),
         Entry::Symlink("opt", "var/opt"),
         Entry::Symlink("lib", "usr/lib"),
-        Entry::Xattr("usr/bin/ping", b"\x7fELF ping", &[("security.capability", CAP_NET_BIND)]),
+        Entry::Xattr(
+            "usr/bin/ping",
+            b"\x7fELF ping",
+            &[("security.capability", CAP_NET_BIND)],
+        ),
         Entry::File("var/lib/etcd/data", b"etcd data", 0o600, 100000, 100000),
         Entry::File("usr/bin/setuid-tool", b"suid", 0o4755, 0, 0),
         Entry::Hardlink("usr/bin/setuid-alias", "usr/bin/setuid-tool"),
         Entry::Char("dev/null", 1, 3),
-        Entry::File("usr/lib/systemd/system/hello.service", b"[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n", 0o644, 0, 0),
+        Entry::File(
+            "usr/lib/systemd/system/hello.service",
+            b"[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n",
+            0o644,
+            0,
+            0,
+        ),
     ]
 }
 
@@ -175,25 +237,50 @@ impl Fixture {
         tarball(&d.join("base.tar"), &base_entries());
         // Compressed with zstd but named .tar.gz: the magic bytes decide.
         let plain = fs::read(d.join("base.tar")).unwrap();
-        fs::write(d.join("base.tar.gz"), zstd::encode_all(&plain[..], 3).unwrap()).unwrap();
+        fs::write(
+            d.join("base.tar.gz"),
+            zstd::encode_all(&plain[..], 3).unwrap(),
+        )
+        .unwrap();
         fs::write(d.join("tool"), b"#!/bin/sh\necho tool\n").unwrap();
         tarball(
             &d.join("cni.tgz.tmp"),
             &[
                 Entry::Dir("cni-plugins", 0o755),
-                Entry::File("cni-plugins/bin/bridge", b"bridge plugin", 0o755, 1001, 1001),
-                Entry::File("cni-plugins/bin/loopback", b"loopback plugin", 0o755, 1001, 1001),
+                Entry::File(
+                    "cni-plugins/bin/bridge",
+                    b"bridge plugin",
+                    0o755,
+                    1001,
+                    1001,
+                ),
+                Entry::File(
+                    "cni-plugins/bin/loopback",
+                    b"loopback plugin",
+                    0o755,
+                    1001,
+                    1001,
+                ),
                 Entry::File("cni-plugins/README.md", b"docs", 0o644, 1001, 1001),
             ],
         );
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&fs::read(d.join("cni.tgz.tmp")).unwrap()).unwrap();
+        gz.write_all(&fs::read(d.join("cni.tgz.tmp")).unwrap())
+            .unwrap();
         fs::write(d.join("cni.tgz"), gz.finish().unwrap()).unwrap();
         fs::remove_file(d.join("cni.tgz.tmp")).unwrap();
         fs::create_dir_all(d.join("templates")).unwrap();
-        fs::write(d.join("templates/motd.j2"), "Welcome to {{ node.hostname }} ({{ vars.site }})\n").unwrap();
+        fs::write(
+            d.join("templates/motd.j2"),
+            "Welcome to {{ node.hostname }} ({{ vars.site }})\n",
+        )
+        .unwrap();
         fs::create_dir_all(d.join("overlay/etc/airlock")).unwrap();
-        fs::write(d.join("overlay/etc/airlock/overlay.txt"), "from the overlay\n").unwrap();
+        fs::write(
+            d.join("overlay/etc/airlock/overlay.txt"),
+            "from the overlay\n",
+        )
+        .unwrap();
         Fixture { dir }
     }
 
@@ -292,7 +379,11 @@ pub struct PartReader {
 }
 
 impl ext4_view::Ext4Read for PartReader {
-    fn read(&mut self, start: u64, dst: &mut [u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+    fn read(
+        &mut self,
+        start: u64,
+        dst: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
         use std::os::unix::fs::FileExt;
         self.file.read_exact_at(dst, self.offset + start)?;
         Ok(())

@@ -1,0 +1,409 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Opening a built image for reading, as an ordinary user, without mounts
+//! or loop devices: a `.raw`, a `.raw.zst`, a VM disk (qcow2, vmdk, vhdx),
+//! or a block device or regular file a stick was written to.
+//!
+//! zstd streams cannot seek, so a `.raw.zst` is decompressed once into an
+//! unnamed temporary file in `$TMPDIR` that keeps the image's holes (it
+//! needs room for the image's data, not its full size) and disappears when
+//! the [`Image`] is dropped; its compressed and raw sha256 are taken on the
+//! way. VM disks are turned into a sparse raw copy by `qemu-img convert`.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use ext4_view::Ext4;
+
+use crate::cmd::{self, CommandRunExt};
+use crate::disk::gpt::GptInfo;
+use crate::disk::layout::{ESP_TYPE, ROOT_X86_64_TYPE};
+
+/// What kind of thing the image path named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A raw disk image file (or a file a stick was written to).
+    Raw,
+    /// A zstd-compressed raw image.
+    RawZst,
+    /// A block device.
+    Device,
+    /// A VM disk in a format qemu-img reads (qcow2, vmdk, vhdx).
+    Vm(VmFormat),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmFormat {
+    Qcow2,
+    Vmdk,
+    Vhdx,
+}
+
+impl VmFormat {
+    fn name(self) -> &'static str {
+        match self {
+            VmFormat::Qcow2 => "qcow2",
+            VmFormat::Vmdk => "vmdk",
+            VmFormat::Vhdx => "vhdx",
+        }
+    }
+}
+
+/// An image opened for random-access reading.
+#[derive(Debug)]
+pub struct Image {
+    /// The path as given.
+    pub path: PathBuf,
+    pub kind: Kind,
+    /// The disk bytes: the image itself, or its decompressed/converted copy.
+    file: File,
+    /// Keeps a named temporary copy alive (qemu-img needs a path).
+    _temp: Option<tempfile::TempPath>,
+    /// sha256 of the file as given, when it was read whole on opening.
+    pub file_sha256: Option<String>,
+    /// sha256 of the raw disk bytes, when they were read whole on opening.
+    pub raw_sha256: Option<String>,
+}
+
+impl Image {
+    /// Opens `path`; a `.raw.zst` or VM disk is decompressed or converted
+    /// into `$TMPDIR` first (with a progress bar on stderr when `progress`).
+    pub fn open(path: &Path, progress: bool) -> Result<Image> {
+        let ctx = || format!("opening image {}", path.display());
+        let mut file = File::open(path).with_context(ctx)?;
+        let meta = file.metadata().with_context(ctx)?;
+        if meta.file_type().is_block_device() {
+            return Ok(Image::plain(path, Kind::Device, file));
+        }
+        if !meta.is_file() {
+            bail!(
+                "{} is neither a disk image file nor a block device",
+                path.display()
+            );
+        }
+        let mut head = [0u8; 8];
+        let n = read_up_to(&mut file, &mut head).with_context(ctx)?;
+        file.seek(SeekFrom::Start(0)).with_context(ctx)?;
+        match sniff(&head[..n]) {
+            None => Ok(Image::plain(path, Kind::Raw, file)),
+            Some(Kind::RawZst) => decompress(path, file, meta.len(), progress),
+            Some(Kind::Vm(f)) => convert(path, f),
+            Some(k) => unreachable!("sniff never returns {k:?}"),
+        }
+    }
+
+    fn plain(path: &Path, kind: Kind, file: File) -> Image {
+        Image {
+            path: path.to_path_buf(),
+            kind,
+            file,
+            _temp: None,
+            file_sha256: None,
+            raw_sha256: None,
+        }
+    }
+
+    /// The raw disk bytes.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Size of the raw disk in bytes (of the device, for a device).
+    pub fn size(&self) -> Result<u64> {
+        let mut f = &self.file;
+        f.seek(SeekFrom::End(0))
+            .with_context(|| format!("finding the size of {}", self.path.display()))
+    }
+
+    /// The ext4 filesystem that starts at byte `offset` of the disk.
+    pub fn ext4(&self, offset: u64) -> Result<Ext4> {
+        let file = self
+            .file
+            .try_clone()
+            .with_context(|| format!("duplicating the descriptor of {}", self.path.display()))?;
+        Ext4::load(Box::new(PartReader { file, offset })).with_context(|| {
+            format!(
+                "reading the ext4 filesystem at byte {offset} of {}",
+                self.path.display()
+            )
+        })
+    }
+}
+
+/// A byte range of the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Range {
+    pub start: u64,
+    pub size: u64,
+}
+
+/// The ESP and the root partition of a partition table, by type.
+pub fn find_partitions(gpt: &GptInfo) -> (Option<Range>, Option<Range>) {
+    let by_type = |t| {
+        gpt.partitions
+            .iter()
+            .find(|p| p.type_guid == t)
+            .map(|p| Range {
+                start: p.start,
+                size: p.size,
+            })
+    };
+    (by_type(ESP_TYPE), by_type(ROOT_X86_64_TYPE))
+}
+
+/// Copies the file at `path` (symlinks followed) of an ext4 filesystem
+/// into `out`, a block at a time; returns its length.
+pub fn copy_ext4_file(fs: &Ext4, path: &str, out: &mut dyn Write) -> Result<u64, CopyError> {
+    let mut file = fs.open(path).map_err(CopyError::Ext4)?;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut n = 0u64;
+    loop {
+        let k = file.read_bytes(&mut buf).map_err(CopyError::Ext4)?;
+        if k == 0 {
+            return Ok(n);
+        }
+        out.write_all(&buf[..k]).map_err(CopyError::Write)?;
+        n += k as u64;
+    }
+}
+
+/// Why [`copy_ext4_file`] failed: reading the image or writing the copy.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error(transparent)]
+    Ext4(ext4_view::Ext4Error),
+    #[error(transparent)]
+    Write(std::io::Error),
+}
+
+/// Reads the whole file at `path` of an ext4 filesystem; `None` when it
+/// does not exist.
+pub fn read_ext4_file(fs: &Ext4, path: &str) -> Result<Option<Vec<u8>>> {
+    match fs.read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(ext4_view::Ext4Error::NotFound) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {path} from the root filesystem")),
+    }
+}
+
+/// Reads `[offset..]` of a disk for ext4-view.
+struct PartReader {
+    file: File,
+    offset: u64,
+}
+
+impl ext4_view::Ext4Read for PartReader {
+    fn read(
+        &mut self,
+        start: u64,
+        dst: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+        let at = self
+            .offset
+            .checked_add(start)
+            .ok_or("read offset overflows")?;
+        self.file.read_exact_at(dst, at)?;
+        Ok(())
+    }
+}
+
+/// The kind of image its first bytes announce; `None` for raw.
+fn sniff(head: &[u8]) -> Option<Kind> {
+    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some(Kind::RawZst)
+    } else if head.starts_with(b"QFI\xfb") {
+        Some(Kind::Vm(VmFormat::Qcow2))
+    } else if head.starts_with(b"KDMV") {
+        Some(Kind::Vm(VmFormat::Vmdk))
+    } else if head.starts_with(b"vhdxfile") {
+        Some(Kind::Vm(VmFormat::Vhdx))
+    } else {
+        None
+    }
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A reader that hashes what passes through it.
+struct HashRead<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Holes are kept for runs of zeros this long and aligned.
+const HOLE: usize = 64 << 10;
+
+/// Decompresses a `.raw.zst` into a sparse unnamed temporary file.
+fn decompress(path: &Path, file: File, len: u64, progress: bool) -> Result<Image> {
+    let tmpdir = std::env::temp_dir();
+    let out = tempfile::tempfile_in(&tmpdir).with_context(|| {
+        format!(
+            "creating a temporary file in {} (set TMPDIR)",
+            tmpdir.display()
+        )
+    })?;
+    let bar = if progress {
+        crate::progress::Progress::new(0).bytes(len, "decompressing")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut input = HashRead {
+        inner: bar.wrap_read(file),
+        hasher: Sha256::new(),
+    };
+    let mut dec = zstd::stream::read::Decoder::new(&mut input)
+        .with_context(|| format!("starting to decompress {}", path.display()))?;
+    let mut raw_hash = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = read_up_to(&mut dec, &mut buf)
+            .with_context(|| format!("decompressing {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        raw_hash.update(&buf[..n]);
+        for chunk in buf[..n].chunks(HOLE) {
+            if chunk.iter().any(|&b| b != 0) {
+                out.write_all_at(chunk, at).with_context(|| {
+                    format!(
+                        "writing the decompressed image to {} (is it full?)",
+                        tmpdir.display()
+                    )
+                })?;
+            }
+            at += chunk.len() as u64;
+        }
+    }
+    drop(dec);
+    out.set_len(at)
+        .with_context(|| format!("sizing the decompressed image in {}", tmpdir.display()))?;
+    bar.finish_and_clear();
+    Ok(Image {
+        path: path.to_path_buf(),
+        kind: Kind::RawZst,
+        file: out,
+        _temp: None,
+        file_sha256: Some(hex::encode(input.hasher.finalize())),
+        raw_sha256: Some(hex::encode(raw_hash.finalize())),
+    })
+}
+
+/// Converts a VM disk to a sparse raw temporary file with qemu-img.
+fn convert(path: &Path, format: VmFormat) -> Result<Image> {
+    cmd::require_tool("qemu-img")?;
+    let tmp = tempfile::Builder::new()
+        .prefix("airlock-image-")
+        .suffix(".raw")
+        .tempfile()
+        .context("creating a temporary file (set TMPDIR)")?
+        .into_temp_path();
+    Command::new("qemu-img")
+        .args(["convert", "-q", "-f", format.name(), "-O", "raw"])
+        .arg(path)
+        .arg(&tmp)
+        .run()
+        .with_context(|| format!("converting {} to raw", path.display()))?;
+    let file = File::open(&tmp).with_context(|| format!("opening {}", tmp.display()))?;
+    Ok(Image {
+        path: path.to_path_buf(),
+        kind: Kind::Vm(format),
+        file,
+        _temp: Some(tmp),
+        file_sha256: None,
+        raw_sha256: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn sniffs_formats() {
+        assert_eq!(sniff(&[0x28, 0xb5, 0x2f, 0xfd, 0]), Some(Kind::RawZst));
+        assert_eq!(sniff(b"QFI\xfb\0\0\0\x03"), Some(Kind::Vm(VmFormat::Qcow2)));
+        assert_eq!(sniff(b"KDMV\x03\0\0\0"), Some(Kind::Vm(VmFormat::Vmdk)));
+        assert_eq!(sniff(b"vhdxfile"), Some(Kind::Vm(VmFormat::Vhdx)));
+        assert_eq!(sniff(&[0; 8]), None);
+        assert_eq!(sniff(b""), None);
+    }
+
+    #[test]
+    fn zstd_is_decompressed_sparse_with_digests() {
+        let d = tempfile::tempdir().unwrap();
+        let mut raw = vec![0u8; 8 << 20];
+        raw[5] = 1;
+        raw[(6 << 20) + 7] = 2;
+        let zst = d.path().join("x.raw.zst");
+        let mut enc = zstd::Encoder::new(File::create(&zst).unwrap(), 3).unwrap();
+        enc.write_all(&raw).unwrap();
+        enc.finish().unwrap();
+        let img = Image::open(&zst, false).unwrap();
+        assert_eq!(img.kind, Kind::RawZst);
+        assert_eq!(img.size().unwrap(), raw.len() as u64);
+        let mut back = vec![0u8; raw.len()];
+        img.file().read_exact_at(&mut back, 0).unwrap();
+        assert!(back == raw);
+        assert!(
+            img.file().metadata().unwrap().blocks() * 512 < (1 << 20),
+            "not sparse"
+        );
+        assert_eq!(img.raw_sha256.unwrap(), hex::encode(Sha256::digest(&raw)));
+        let zbytes = std::fs::read(&zst).unwrap();
+        assert_eq!(
+            img.file_sha256.unwrap(),
+            hex::encode(Sha256::digest(&zbytes))
+        );
+    }
+
+    #[test]
+    fn raw_is_used_in_place_and_junk_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.raw");
+        std::fs::write(&p, b"plain").unwrap();
+        let img = Image::open(&p, false).unwrap();
+        assert_eq!((img.kind, img.size().unwrap()), (Kind::Raw, 5));
+        let err = format!("{:#}", Image::open(d.path(), false).unwrap_err());
+        assert!(
+            err.contains("neither a disk image file nor a block device"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            Image::open(&d.path().join("missing"), false).unwrap_err()
+        );
+        assert!(
+            err.contains("opening image") && err.contains("missing"),
+            "{err}"
+        );
+    }
+}

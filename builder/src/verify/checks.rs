@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The individual checks of `airlock verify`.
+
+use std::io::{Read, Seek, SeekFrom};
+
+use anyhow::{Context, Result};
+use ext4_view::{Ext4, Ext4Error};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{CheckResult, Failure, ManifestSource};
+use crate::disk::gpt::GptInfo;
+use crate::disk::layout::{DiskLayout, PartitionPlan};
+use crate::image::{self, CopyError, Image, Range};
+use crate::manifest::{self, EspRecord, FileRecord};
+
+/// The manifest inside the image says what the one beside it says (less
+/// the output digests and host paths, which it never holds).
+pub(super) fn embedded_matches(
+    embedded: Option<&[u8]>,
+    external: &Value,
+    source: &ManifestSource,
+) -> CheckResult {
+    let subject = format!("manifest {}", manifest::IMAGE_PATH);
+    let Some(bytes) = embedded else {
+        return Ok(Err(Failure::new(subject, "missing from the image")));
+    };
+    let inside: Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(Failure::new(subject, format!("is not JSON: {e}")))),
+    };
+    let want = manifest::for_image(external);
+    if inside == want {
+        return Ok(Ok(()));
+    }
+    let keys = differing_keys(&inside, &want);
+    Ok(Err(Failure::new(
+        subject,
+        format!("differs from {source} in {}", keys.join(", ")),
+    )))
+}
+
+/// Top-level keys whose values differ between two JSON objects.
+fn differing_keys(a: &Value, b: &Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let (a, b) = (
+        a.as_object().unwrap_or(&empty),
+        b.as_object().unwrap_or(&empty),
+    );
+    let mut keys: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    if keys.is_empty() {
+        keys.push("its layout".into());
+    }
+    keys
+}
+
+/// The partition table describes the disk the manifest planned.
+pub(super) fn partitions(gpt: &GptInfo, want: &DiskLayout) -> CheckResult {
+    let mut problems = Vec::new();
+    if gpt.disk_guid != want.disk_guid {
+        problems.push(format!(
+            "disk GUID is {}, manifest says {}",
+            gpt.disk_guid, want.disk_guid
+        ));
+    }
+    for plan in [&want.esp, &want.root] {
+        match gpt.partitions.iter().find(|p| p.number == plan.number) {
+            None => problems.push(format!(
+                "partition {} ({}) is missing",
+                plan.number, plan.label
+            )),
+            Some(p) => {
+                let got = PartitionPlan {
+                    number: p.number,
+                    label: p.label.clone(),
+                    type_guid: p.type_guid,
+                    uuid: p.uuid,
+                    start: p.start,
+                    size: p.size,
+                };
+                if &got != plan {
+                    problems.push(format!(
+                        "partition {} is {} at byte {} with {} bytes, PARTUUID {}, type {}; manifest says {} at byte {} \
+                         with {} bytes, PARTUUID {}, type {}",
+                        p.number, got.label, got.start, got.size, got.uuid, got.type_guid, plan.label, plan.start,
+                        plan.size, plan.uuid, plan.type_guid
+                    ));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(Failure::new("partition table", problems.join("; "))))
+    }
+}
+
+/// The digest of the whole image file, as the build wrote it (known for a
+/// `.raw.zst` from decompressing it; other files are read once more).
+/// `None` for a device, which is larger than the image.
+pub(super) fn image_digest(
+    img: &Image,
+    name: &str,
+    want: &str,
+) -> Result<Option<Result<(), Failure>>> {
+    let got = match (img.kind, &img.file_sha256) {
+        (image::Kind::RawZst, Some(s)) => s.clone(),
+        (image::Kind::Raw, _) => {
+            let mut f = img.file();
+            f.seek(SeekFrom::Start(0))
+                .context("seeking to the start of the image")?;
+            hash_all(f).with_context(|| format!("reading {}", img.path.display()))?
+        }
+        (image::Kind::Vm(_), _) => {
+            let f = std::fs::File::open(&img.path)
+                .with_context(|| format!("opening {}", img.path.display()))?;
+            hash_all(f).with_context(|| format!("reading {}", img.path.display()))?
+        }
+        _ => return Ok(None),
+    };
+    if got == want {
+        Ok(Some(Ok(())))
+    } else {
+        Ok(Some(Err(Failure::new(
+            name,
+            format!("sha256 is {got}, manifest says {want}"),
+        ))))
+    }
+}
+
+fn hash_all(r: impl Read) -> std::io::Result<String> {
+    manifest::hash_reader(r).map(|(h, _)| h)
+}
+
+/// One file of the ESP has the recorded content.
+pub(super) fn esp_file(img: &Image, esp: Range, rec: &EspRecord) -> CheckResult {
+    let subject = format!("ESP {}", rec.path);
+    let bytes = match crate::fs::fat::read_file(img.file(), esp.start, esp.size, &rec.path) {
+        Ok(b) => b,
+        // fatfs reports damage and absence alike as I/O errors.
+        Err(e) => return Ok(Err(Failure::new(subject, format!("cannot be read: {e:#}")))),
+    };
+    Ok(compare_content(
+        subject,
+        &hex::encode(Sha256::digest(&bytes)),
+        bytes.len() as u64,
+        &rec.sha256,
+        rec.size,
+    ))
+}
+
+fn compare_content(
+    subject: String,
+    sha: &str,
+    size: u64,
+    want_sha: &str,
+    want_size: u64,
+) -> Result<(), Failure> {
+    let mut problems = Vec::new();
+    if size != want_size {
+        problems.push(format!("size is {size} bytes, manifest says {want_size}"));
+    }
+    if sha != want_sha {
+        problems.push(format!("sha256 is {sha}, manifest says {want_sha}"));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::new(subject, problems.join("; ")))
+    }
+}
+
+/// One file of the root filesystem has the recorded content, owner and mode.
+pub(super) fn root_file(fs: &Ext4, rec: &FileRecord) -> CheckResult {
+    let subject = rec.path.clone();
+    let meta = match fs.symlink_metadata(rec.path.as_str()) {
+        Ok(m) => m,
+        Err(Ext4Error::NotFound) => return Ok(Err(Failure::new(subject, "missing"))),
+        Err(e @ Ext4Error::Io(_)) => {
+            return Err(e).with_context(|| format!("reading {} from the image", rec.path))
+        }
+        Err(e) => return Ok(Err(Failure::new(subject, format!("cannot be read: {e}")))),
+    };
+    if !meta.file_type().is_regular_file() {
+        return Ok(Err(Failure::new(
+            subject,
+            format!("is a {:?}, not a regular file", meta.file_type()),
+        )));
+    }
+    let mut problems = Vec::new();
+    let mode = u32::from(meta.mode());
+    if mode != rec.mode {
+        problems.push(format!(
+            "mode is {mode:04o}, manifest says {:04o}",
+            rec.mode
+        ));
+    }
+    if (meta.uid(), meta.gid()) != (rec.uid, rec.gid) {
+        problems.push(format!(
+            "owner is {}:{}, manifest says {}:{}",
+            meta.uid(),
+            meta.gid(),
+            rec.uid,
+            rec.gid
+        ));
+    }
+    let mut h = Sha256::new();
+    let size = match image::copy_ext4_file(fs, &rec.path, &mut h) {
+        Ok(n) => n,
+        Err(CopyError::Ext4(e @ Ext4Error::Io(_))) => {
+            return Err(e).with_context(|| format!("reading {} from the image", rec.path))
+        }
+        Err(CopyError::Ext4(e)) => {
+            return Ok(Err(Failure::new(subject, format!("cannot be read: {e}"))))
+        }
+        Err(CopyError::Write(e)) => return Err(e).context("hashing"),
+    };
+    if let Err(f) = compare_content(
+        subject.clone(),
+        &hex::encode(h.finalize()),
+        size,
+        &rec.sha256,
+        rec.size,
+    ) {
+        problems.push(f.problem);
+    }
+    if problems.is_empty() {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(Failure::new(subject, problems.join("; "))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn embedded_manifest_is_compared_without_outputs_and_host_paths() {
+        let ext = json!({ "name": "x", "recipe": { "path": "/h/x.toml", "sha256": "aa" }, "outputs": { "x.raw": "d" } });
+        let src = ManifestSource::Embedded;
+        let same = json!({ "name": "x", "recipe": { "sha256": "aa" } }).to_string();
+        assert_eq!(
+            embedded_matches(Some(same.as_bytes()), &ext, &src).unwrap(),
+            Ok(())
+        );
+        let other = json!({ "name": "y", "recipe": { "sha256": "aa" } }).to_string();
+        let f = embedded_matches(Some(other.as_bytes()), &ext, &src)
+            .unwrap()
+            .unwrap_err();
+        assert!(f.problem.contains("in name"), "{f}");
+        let f = embedded_matches(None, &ext, &src).unwrap().unwrap_err();
+        assert_eq!(
+            f.to_string(),
+            "manifest /usr/lib/airlock/manifest.json: missing from the image"
+        );
+    }
+
+    #[test]
+    fn content_differences_are_all_named() {
+        assert_eq!(compare_content("x".into(), "a", 1, "a", 1), Ok(()));
+        let f = compare_content("/x".into(), "a", 2, "b", 1).unwrap_err();
+        assert_eq!(
+            f.to_string(),
+            "/x: size is 2 bytes, manifest says 1; sha256 is a, manifest says b"
+        );
+    }
+}

@@ -1,0 +1,492 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `airlock verify`, `airlock inspect` and the VM output formats, on the
+//! small fixture image: build → inspect → verify, then damage the image and
+//! see every difference named.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+fn tools() -> bool {
+    is_root() && have("mke2fs") && have("debugfs")
+}
+
+fn inspect(args: &[&str], image: &Path) -> Output {
+    airlock()
+        .arg("inspect")
+        .arg(image)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn verify(image: &Path, manifest: Option<&Path>) -> Output {
+    let mut c = airlock();
+    c.arg("verify").arg(image);
+    if let Some(m) = manifest {
+        c.arg("--manifest").arg(m);
+    }
+    c.output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Builds the fixture recipe (with `edit` applied) into `out`.
+fn build(fx: &Fixture, edit: impl Fn(String) -> String, out: &str, extra: &[&str]) -> PathBuf {
+    let recipe = fx.write_recipe(&edit(fx.recipe_text()));
+    let o = airlock()
+        .arg("build")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(fx.path(out))
+        .arg("--cache")
+        .arg(fx.path("cache"))
+        .args(extra)
+        .output()
+        .unwrap();
+    run_ok(o);
+    fx.path(out)
+}
+
+/// The one offset where `needle` occurs in `[start, start + len)` of `file`.
+fn find_once(file: &Path, start: u64, len: u64, needle: &[u8]) -> u64 {
+    let f = fs::File::open(file).unwrap();
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact_at(&mut buf, start).unwrap();
+    let hits: Vec<usize> = buf
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        hits.len(),
+        1,
+        "{:?} found {} times",
+        String::from_utf8_lossy(needle),
+        hits.len()
+    );
+    start + hits[0] as u64
+}
+
+fn flip(file: &Path, at: u64) {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x20], at).unwrap();
+}
+
+#[test]
+fn build_inspect_verify_round_trip_and_damage_is_named() {
+    if !tools() {
+        return;
+    }
+    let fx = Fixture::new();
+    let out = build(&fx, |t| t, "out", &[]);
+    let raw = out.join("tiny.raw");
+    let m = manifest(&out);
+
+    // The manifest lists what airlock placed, resolved in the image, and
+    // none of the base's own files.
+    let files = m["files"].as_array().unwrap();
+    let file = |p: &str| {
+        files
+            .iter()
+            .find(|f| f["path"] == p)
+            .unwrap_or_else(|| panic!("{p} not in {files:#?}"))
+    };
+    let tool = file("/var/opt/tool/bin/tool");
+    assert_eq!(
+        (
+            tool["mode"].as_str(),
+            tool["uid"].as_u64(),
+            tool["gid"].as_u64()
+        ),
+        (Some("0750"), Some(100000), Some(10))
+    );
+    assert_eq!(
+        tool["sha256"].as_str().unwrap(),
+        sha256_file(&fx.path("tool"))
+    );
+    assert_eq!(tool["size"], 20);
+    for p in [
+        "/var/opt/cni/bin/bridge",
+        "/var/opt/cni/bin/loopback",
+        "/etc/motd",
+        "/etc/airlock/overlay.txt",
+        "/etc/hostname",
+        "/etc/fstab",
+        "/etc/machine-id",
+        "/etc/passwd",
+        "/home/ops/.ssh/authorized_keys",
+    ] {
+        file(p);
+    }
+    assert_eq!(file("/home/ops/.ssh/authorized_keys")["mode"], "0600");
+    for p in [
+        "/usr/bin/ping",
+        "/opt/tool/bin/tool",
+        "/var/opt/cni/README.md",
+        "/usr/lib/airlock/manifest.json",
+    ] {
+        assert!(!files.iter().any(|f| f["path"] == p), "{p} is listed");
+    }
+    let esp: Vec<&str> = m["esp_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        esp,
+        [
+            "/EFI/BOOT/BOOTX64.EFI",
+            "/EFI/systemd/systemd-bootx64.efi",
+            "/airlock/6.1.0-28-amd64/initrd",
+            "/airlock/6.1.0-28-amd64/linux",
+            "/loader/entries/tiny-6.1.0-28-amd64.conf",
+            "/loader/loader.conf"
+        ]
+    );
+    assert_eq!(
+        m["units"],
+        serde_json::json!([{ "unit": "hello.service", "target": "multi-user.target", "kind": "wants" }])
+    );
+    assert_eq!(
+        m["outputs"]["tiny.raw"].as_str().unwrap(),
+        sha256_file(&raw)
+    );
+
+    // inspect --json says what the recipe said.
+    let o = inspect(&["--json"], &raw);
+    let j: serde_json::Value = serde_json::from_str(&run_ok_stdout(o)).unwrap();
+    assert_eq!(j["name"], "tiny");
+    assert_eq!(j["hostname"], "node-7");
+    assert_eq!(j["users"], serde_json::json!(["ops"]));
+    assert_eq!(j["kernel"], "6.1.0-28-amd64");
+    assert_eq!(j["size"], 160 << 20);
+    assert_eq!(j["epoch"], 1_700_000_000);
+    assert_eq!(j["units"][0]["unit"], "hello.service");
+    let parts = j["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0]["uuid"], m["disk"]["esp"]["uuid"]);
+    assert_eq!(parts[1]["uuid"], m["disk"]["root"]["uuid"]);
+    assert_eq!(parts[1]["start"], m["disk"]["root"]["start"]);
+    assert_eq!(j["boot"]["default"], "tiny-6.1.0-28-amd64.conf");
+    let options = j["boot"]["entries"][0]["options"].as_str().unwrap();
+    assert_eq!(options, m["kernel"]["cmdline"].as_str().unwrap());
+    assert!(options.ends_with(" quiet"), "{options}");
+    assert!(
+        j.get("kubernetes").is_none(),
+        "absent keys are left out: {j}"
+    );
+    assert_eq!(j["problems"], serde_json::json!([]));
+
+    // --cat prints one file, byte for byte, following symlinks in the image.
+    assert_eq!(
+        inspect(&["--cat", "/etc/hostname"], &raw).stdout,
+        b"node-7\n"
+    );
+    assert_eq!(
+        inspect(&["--cat", "/opt/tool/bin/tool"], &raw).stdout,
+        fs::read(fx.path("tool")).unwrap()
+    );
+    let err = run_err(inspect(&["--cat", "/etc/nope"], &raw));
+    assert!(
+        err.contains("/etc/nope does not exist in the root filesystem"),
+        "{err}"
+    );
+
+    // verify passes: with the manifest beside the image, on the .raw.zst,
+    // against --manifest, and on a copy elsewhere with the embedded one.
+    let o = verify(&raw, None);
+    let text = run_ok_stdout(o);
+    assert!(text.contains("manifest.json (beside the image)"), "{text}");
+    assert!(text.contains("ok       image sha256"), "{text}");
+    assert!(text.contains("ok       embedded manifest"), "{text}");
+    assert!(
+        text.contains(&format!("ok       root files ({})", files.len())),
+        "{text}"
+    );
+    assert!(text.contains("ok       ESP files (6)"), "{text}");
+    let text = run_ok_stdout(verify(&out.join("tiny.raw.zst"), None));
+    assert!(
+        text.contains("ok       image sha256") && text.contains("zstd"),
+        "{text}"
+    );
+    let stick = fx.path("stick.img");
+    fs::copy(&raw, &stick).unwrap();
+    let text = run_ok_stdout(verify(&stick, None));
+    assert!(text.contains("inside the image (weaker"), "{text}");
+    let text = run_ok_stdout(verify(&stick, Some(&out.join("manifest.json"))));
+    assert!(
+        text.contains("(--manifest)") && text.contains("verified"),
+        "{text}"
+    );
+    let o = airlock()
+        .args(["verify", "--json"])
+        .arg(&stick)
+        .output()
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_str(&run_ok_stdout(o)).unwrap();
+    assert_eq!(j["failures"], serde_json::json!([]));
+    assert_eq!(j["manifest"]["kind"], "embedded");
+
+    // One byte of a baked binary and one of the kernel on the ESP.
+    let (root_off, root_len) = partition(&m, "root");
+    let (esp_off, esp_len) = partition(&m, "esp");
+    flip(
+        &stick,
+        find_once(&stick, root_off, root_len, b"#!/bin/sh\necho tool\n") + 12,
+    );
+    flip(
+        &stick,
+        find_once(&stick, esp_off, esp_len, b"MZ fake kernel") + 3,
+    );
+    let o = verify(&stick, Some(&out.join("manifest.json")));
+    let text = stdout(&o);
+    let err = run_err(o);
+    assert!(
+        text.contains("FAILED   /var/opt/tool/bin/tool: sha256 is "),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "manifest says {}",
+            tool["sha256"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAILED   ESP /airlock/6.1.0-28-amd64/linux: sha256 is "),
+        "{text}"
+    );
+    assert!(text.contains("\n2 differences\n"), "{text}");
+    assert!(
+        err.contains("stick.img differs from its manifest in 2 places"),
+        "{err}"
+    );
+
+    // Owner and mode changed in the root filesystem (with debugfs on a
+    // copy of the partition, written back).
+    let part = fx.path("root.img");
+    extract_range(&raw, root_off, root_len, &part);
+    for req in ["sif /etc/motd mode 0100600", "sif /etc/motd uid 1000"] {
+        run_ok(
+            Command::new("debugfs")
+                .args(["-w", "-R", req])
+                .arg(&part)
+                .output()
+                .unwrap(),
+        );
+    }
+    let changed = fx.path("changed.raw");
+    fs::copy(&raw, &changed).unwrap();
+    let bytes = fs::read(&part).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&changed)
+        .unwrap()
+        .write_all_at(&bytes, root_off)
+        .unwrap();
+    let o = verify(&changed, Some(&out.join("manifest.json")));
+    let text = stdout(&o);
+    run_err(o);
+    assert!(text.contains("FAILED   /etc/motd: mode is 0600, manifest says 0644; owner is 1000:0, manifest says 0:0"), "{text}");
+    assert!(text.contains("\n1 difference\n"), "{text}");
+
+    // A damaged GPT is named, and the files are still checked.
+    flip(&changed, 512 + 60);
+    let text = stdout(&verify(&changed, Some(&out.join("manifest.json"))));
+    assert!(
+        text.contains("FAILED   GPT: reading the primary GPT"),
+        "{text}"
+    );
+    assert!(text.contains("FAILED   /etc/motd"), "{text}");
+}
+
+/// The files of an output folder, sorted, without the block map (which
+/// another part of the build adds to every output).
+fn outputs(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.ends_with(".bmap"))
+        .collect();
+    names.sort();
+    names
+}
+
+fn run_ok_stdout(o: Output) -> String {
+    let s = stdout(&o);
+    run_ok(o);
+    s
+}
+
+#[test]
+fn inspect_text_is_golden() {
+    if !tools() {
+        return;
+    }
+    let fx = Fixture::new();
+    let out = build(&fx, |t| t, "out", &[]);
+    let o = airlock()
+        .args(["inspect", "tiny.raw"])
+        .current_dir(&out)
+        .output()
+        .unwrap();
+    let got = run_ok_stdout(o);
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inspect-tiny.txt");
+    if std::env::var_os("AIRLOCK_RECORD").is_some() {
+        fs::create_dir_all(golden.parent().unwrap()).unwrap();
+        fs::write(&golden, &got).unwrap();
+    }
+    let want = fs::read_to_string(&golden).unwrap_or_default();
+    similar_asserts::assert_eq!(
+        got,
+        want,
+        "rerun with AIRLOCK_RECORD=1 to accept a deliberate change"
+    );
+}
+
+#[test]
+fn vm_formats_are_converted_checked_and_summed() {
+    if !(tools() && have("qemu-img")) {
+        return;
+    }
+    let fx = Fixture::new();
+    let all = |t: String| {
+        t.replace(
+            "[disk]\n",
+            "[disk]\nformats = [\"raw.zst\", \"qcow2\", \"vmdk\", \"vhdx\"]\n",
+        )
+    };
+    let out = build(&fx, all, "out", &[]);
+    let names = outputs(&out);
+    assert_eq!(
+        names,
+        [
+            "SHA256SUMS",
+            "manifest.json",
+            "tiny.qcow2",
+            "tiny.raw",
+            "tiny.raw.zst",
+            "tiny.vhdx",
+            "tiny.vmdk"
+        ]
+    );
+    run_ok(
+        Command::new("sha256sum")
+            .args(["-c", "--strict", "SHA256SUMS"])
+            .current_dir(&out)
+            .output()
+            .unwrap(),
+    );
+    let sums = fs::read_to_string(out.join("SHA256SUMS")).unwrap();
+    for f in &names[1..] {
+        assert!(sums.contains(&format!("  {f}\n")), "{f} not in {sums}");
+    }
+    for (file, format) in [
+        ("tiny.qcow2", "qcow2"),
+        ("tiny.vmdk", "vmdk"),
+        ("tiny.vhdx", "vhdx"),
+    ] {
+        let info = run_ok_stdout(
+            Command::new("qemu-img")
+                .args(["info", "--output=json"])
+                .arg(out.join(file))
+                .output()
+                .unwrap(),
+        );
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        assert_eq!(info["format"], format, "{file}");
+        assert_eq!(info["virtual-size"], 160u64 << 20, "{file}");
+        if format == "vmdk" {
+            assert_eq!(
+                info["format-specific"]["data"]["create-type"],
+                "streamOptimized"
+            );
+        }
+        // The converted disk holds the same bytes.
+        let text = run_ok_stdout(verify(&out.join(file), Some(&out.join("manifest.json"))));
+        assert!(
+            text.contains("VM disk") && text.contains("verified"),
+            "{text}"
+        );
+    }
+    let m = manifest(&out);
+    assert_eq!(
+        m["outputs"]["tiny.vmdk"].as_str().unwrap(),
+        sha256_file(&out.join("tiny.vmdk"))
+    );
+
+    // --format replaces the recipe's list; raw is always kept. The same
+    // inputs give the same qcow2 and VMDK.
+    let again = build(&fx, all, "out2", &["--format", "qcow2", "--format", "vmdk"]);
+    let names = outputs(&again);
+    assert_eq!(
+        names,
+        [
+            "SHA256SUMS",
+            "manifest.json",
+            "tiny.qcow2",
+            "tiny.raw",
+            "tiny.vmdk"
+        ]
+    );
+    run_ok(
+        Command::new("sha256sum")
+            .args(["-c", "--strict", "SHA256SUMS"])
+            .current_dir(&again)
+            .output()
+            .unwrap(),
+    );
+    for f in ["tiny.raw", "tiny.qcow2", "tiny.vmdk"] {
+        assert_eq!(
+            sha256_file(&out.join(f)),
+            sha256_file(&again.join(f)),
+            "{f} is not reproducible"
+        );
+    }
+}
+
+#[test]
+fn missing_qemu_img_names_the_package_before_building() {
+    if !tools() {
+        return;
+    }
+    let fx = Fixture::new();
+    let recipe = fx.write_recipe(&fx.recipe_text());
+    let o = airlock()
+        .env("PATH", "/nonexistent")
+        .arg("build")
+        .arg(&recipe)
+        .args(["--format", "vhdx", "--out"])
+        .arg(fx.path("out"))
+        .output()
+        .unwrap();
+    let err = run_err(o);
+    assert!(
+        err.contains("qemu-img was not found")
+            && err.contains("qemu-utils (Debian) or qemu-img (Fedora)"),
+        "{err}"
+    );
+    assert!(!fx.path("out").exists());
+    let bad = fx.write_recipe(
+        &fx.recipe_text()
+            .replace("[disk]\n", "[disk]\nformats = [\"vdi\"]\n"),
+    );
+    let err = run_err(fx.build(&bad, "out"));
+    assert!(err.contains("recipe.toml:") && err.contains("vdi"), "{err}");
+}

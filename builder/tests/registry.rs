@@ -1,0 +1,554 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Images from registries: `lock` resolving tags per platform and `fetch`
+//! pulling by digest into OCI archives, against Debian's docker-registry
+//! and a fake registry on 127.0.0.1 that misbehaves on demand (a blob that
+//! does not match its digest, a manifest pointing at a missing blob, 500s,
+//! token authentication, a mirror).
+
+mod common;
+mod servers;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::{airlock, run_err, run_ok, sha256};
+use servers::http::{Fault, Reply, Route, Server};
+use servers::oci::{index, layer, Image, E};
+use servers::registry::{serve_blob, serve_image, serve_manifest, DockerRegistry};
+
+struct Site {
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Site {
+        Site {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn cache(&self) -> PathBuf {
+        self.path("cache")
+    }
+
+    /// A recipe whose base is `image`, with extra TOML appended.
+    fn recipe(&self, image: &str, extra: &str) -> PathBuf {
+        let p = self.path("recipe.toml");
+        fs::write(
+            &p,
+            format!(
+                "name = \"t\"\n\n[base]\nimage = \"{image}\"\n\n[node]\nhostname = \"n1\"\n{extra}"
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    fn run(&self, verb: &str, recipe: &Path, extra: &[&str]) -> std::process::Output {
+        airlock()
+            .arg(verb)
+            .arg(recipe)
+            .arg("--cache")
+            .arg(self.cache())
+            .args(["--retry-delay", "20"])
+            .args(extra)
+            .env("REGISTRY_AUTH_FILE", self.path("auth.json"))
+            .env_remove("DOCKER_CONFIG")
+            .env("HOME", self.path("home"))
+            .env_remove("XDG_RUNTIME_DIR")
+            .output()
+            .unwrap()
+    }
+
+    fn lock_file(&self) -> toml::Table {
+        toml::from_str(&fs::read_to_string(self.path("recipe.toml.lock")).unwrap()).unwrap()
+    }
+
+    /// The OCI archive records `fetch` wrote.
+    fn records(&self) -> Vec<serde_json::Value> {
+        fs::read_dir(self.cache().join("oci"))
+            .map(|d| {
+                d.map(|e| serde_json::from_slice(&fs::read(e.unwrap().path()).unwrap()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn store_has(&self, digest: &str) -> bool {
+        self.cache().join("sha256").join(&digest[7..]).is_file()
+    }
+}
+
+/// The entries of a tar archive: name → bytes.
+fn tar_entries(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut a = tar::Archive::new(fs::File::open(path).unwrap());
+    let mut out = std::collections::BTreeMap::new();
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().display().to_string();
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut b).unwrap();
+        out.insert(name, b);
+    }
+    out
+}
+
+#[test]
+fn lock_resolves_tags_per_platform_and_fetch_pulls_an_oci_archive() {
+    let Some(reg) = DockerRegistry::start() else {
+        return;
+    };
+    let amd = Image::hello("base", "linux/amd64");
+    let arm = Image::hello("base", "linux/arm64/v8");
+    let idx = index(&[&amd, &arm]);
+    reg.push_index("test/base", "1.0", &[&amd, &arm], &idx);
+    let single = Image::hello("single", "linux/amd64");
+    reg.push_image("test/single", Some("2"), &single);
+
+    let site = Site::new();
+    let image = format!("{}/test/base:1.0", reg.host);
+    let recipe = site.recipe(&image, "");
+    run_ok(site.run("lock", &recipe, &[]));
+    let lock = site.lock_file();
+    let entry = &lock["input"].as_array().unwrap()[0];
+    assert_eq!(entry["what"].as_str(), Some("base"));
+    assert_eq!(entry["source"].as_str(), Some(image.as_str()));
+    assert_eq!(
+        entry["sha256"].as_str(),
+        Some(idx.hex()),
+        "the tag is pinned to the index digest"
+    );
+    assert_eq!(
+        entry["platforms"]["linux/amd64"].as_str(),
+        Some(amd.manifest.digest.as_str())
+    );
+
+    let out = site.run("fetch", &recipe, &["--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    run_ok(out);
+    assert_eq!(report[0]["status"], "pulled", "{report}");
+    // Every blob of the amd64 image is in the store, the arm64 one's not.
+    for b in amd.blobs().into_iter().chain([&amd.manifest, &idx]) {
+        assert!(site.store_has(&b.digest), "{} missing", b.digest);
+    }
+    assert!(!site.store_has(&arm.layers[0].digest));
+    // The archive: an OCI layout naming the image, with exactly those blobs.
+    let rec = &site.records()[0];
+    assert_eq!(rec["name"], image);
+    let archive = site
+        .cache()
+        .join("sha256")
+        .join(rec["archive"].as_str().unwrap());
+    assert_eq!(
+        sha256(&fs::read(&archive).unwrap()),
+        rec["archive"].as_str().unwrap()
+    );
+    let entries = tar_entries(&archive);
+    let index_json: serde_json::Value = serde_json::from_slice(&entries["index.json"]).unwrap();
+    assert_eq!(index_json["manifests"][0]["digest"], idx.digest);
+    assert_eq!(
+        index_json["manifests"][0]["annotations"]["io.containerd.image.name"],
+        image
+    );
+    assert_eq!(
+        index_json["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        "1.0"
+    );
+    let blobs: Vec<&String> = entries
+        .keys()
+        .filter(|k| k.starts_with("blobs/sha256/") && k.len() > 13)
+        .collect();
+    assert_eq!(
+        blobs.len(),
+        4,
+        "index, amd64 manifest, config, layer: {blobs:?}"
+    );
+    for (name, bytes) in &entries {
+        if let Some(hex) = name.strip_prefix("blobs/sha256/").filter(|h| !h.is_empty()) {
+            assert_eq!(sha256(bytes), hex, "{name}");
+        }
+    }
+
+    // A second fetch is a cache hit.
+    let out = site.run("fetch", &recipe, &["--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report[0]["status"], "cached", "{report}");
+
+    // A single-platform image: pinned to its manifest; a platform it does
+    // not have is refused at lock time.
+    let image = format!("{}/test/single:2", reg.host);
+    let recipe = site.recipe(&image, "");
+    run_ok(site.run("lock", &recipe, &["--update"]));
+    assert_eq!(
+        site.lock_file()["input"][0]["sha256"].as_str(),
+        Some(single.manifest.hex())
+    );
+    let recipe = site.recipe(&image, "").to_path_buf();
+    fs::write(
+        &recipe,
+        fs::read_to_string(&recipe)
+            .unwrap()
+            .replace("[node]", "platform = \"linux/arm64\"\n\n[node]"),
+    )
+    .unwrap();
+    let err = run_err(site.run("lock", &recipe, &["--update"]));
+    assert!(
+        err.contains("is a single linux/amd64 image, not linux/arm64"),
+        "{err}"
+    );
+
+    // A tag that does not exist.
+    let recipe = site.recipe(&format!("{}/test/base:9.9", reg.host), "");
+    let err = run_err(site.run("lock", &recipe, &[]));
+    assert!(
+        err.contains("test/base:9.9") && err.contains("404"),
+        "{err}"
+    );
+}
+
+/// A fake registry serving `repo`'s image `img` under `tag`.
+fn fake(repo: &str, tag: &str, img: &Image) -> Server {
+    let srv = Server::start();
+    serve_image(&srv, repo, Some(tag), img);
+    srv
+}
+
+fn pinned(srv: &Server, repo: &str, img: &Image) -> String {
+    format!("{}/{repo}@{}", srv.addr, img.manifest.digest)
+}
+
+#[test]
+fn a_blob_that_does_not_match_its_digest_is_refused() {
+    let img = Image::hello("x", "linux/amd64");
+    let srv = fake("t/x", "1", &img);
+    serve_blob(&srv, "t/x", &img.layers[0].digest, b"not the layer");
+    let site = Site::new();
+    let recipe = site.recipe(&pinned(&srv, "t/x", &img), "");
+    let err = run_err(site.run("fetch", &recipe, &[]));
+    assert!(
+        err.contains(&img.layers[0].digest[7..]) && err.contains("the download was deleted"),
+        "{err}"
+    );
+    assert!(err.contains("tampered registry or mirror"), "{err}");
+    assert!(!site.store_has(&img.layers[0].digest));
+    assert!(site.records().is_empty(), "no archive for a broken image");
+    assert_eq!(
+        srv.hits(&format!("/v2/t/x/blobs/{}", img.layers[0].digest))
+            .len(),
+        1,
+        "a bad digest is not retried"
+    );
+
+    // A manifest whose bytes do not hash to the digest asked for.
+    let other = Image::hello("y", "linux/amd64");
+    let srv = Server::start();
+    let mut route =
+        Route::file(&other.manifest.bytes).with_header("Content-Type", &other.manifest.media_type);
+    route.ranges = false;
+    srv.route(&format!("/v2/t/x/manifests/{}", img.manifest.digest), route);
+    let recipe = site.recipe(&pinned(&srv, "t/x", &img), "");
+    let err = run_err(site.run("fetch", &recipe, &[]));
+    assert!(
+        err.contains(&format!("hashes to {}", other.manifest.digest)),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_manifest_pointing_at_a_missing_blob_is_refused() {
+    let img = Image::new(
+        "linux/amd64",
+        &[layer(&[E::File("a", b"1")]), layer(&[E::File("b", b"2")])],
+    );
+    let srv = Server::start();
+    serve_manifest(&srv, "t/x", Some("1"), &img.manifest);
+    serve_blob(&srv, "t/x", &img.config.digest, &img.config.bytes);
+    serve_blob(&srv, "t/x", &img.layers[0].digest, &img.layers[0].bytes);
+    let site = Site::new();
+    let recipe = site.recipe(&pinned(&srv, "t/x", &img), "");
+    let err = run_err(site.run("fetch", &recipe, &[]));
+    assert!(
+        err.contains(&format!("no blob {}", img.layers[1].digest)) && err.contains("missing blob"),
+        "{err}"
+    );
+    assert!(site.records().is_empty());
+}
+
+#[test]
+fn registry_errors_are_retried() {
+    let img = Image::hello("x", "linux/amd64");
+    let srv = fake("t/x", "1", &img);
+    srv.add_faults(
+        &format!("/v2/t/x/manifests/{}", img.manifest.digest),
+        &[Fault::Status(500)],
+    );
+    srv.add_faults(
+        &format!("/v2/t/x/blobs/{}", img.layers[0].digest),
+        &[Fault::Status(503), Fault::CutAfter(10)],
+    );
+    let site = Site::new();
+    let recipe = site.recipe(&pinned(&srv, "t/x", &img), "");
+    run_ok(site.run("fetch", &recipe, &[]));
+    assert!(site.store_has(&img.layers[0].digest));
+    assert_eq!(
+        srv.hits(&format!("/v2/t/x/manifests/{}", img.manifest.digest))
+            .len(),
+        2
+    );
+    let layer_hits = srv.hits(&format!("/v2/t/x/blobs/{}", img.layers[0].digest));
+    assert_eq!(
+        layer_hits.len(),
+        3,
+        "503, cut after 10 bytes, then the rest"
+    );
+    assert_eq!(layer_hits[2].header("range"), Some("bytes=10-"));
+    assert_eq!(site.records().len(), 1);
+}
+
+#[test]
+fn token_auth_with_credentials_from_the_auth_file() {
+    let img = Image::hello("private", "linux/amd64");
+    let srv = fake("team/app", "1", &img);
+    let realm = srv.url("/token");
+    let challenge =
+        format!("Bearer realm=\"{realm}\",service=\"fake\",scope=\"repository:team/app:pull\"");
+    // Every registry path wants the token; the token server wants Basic
+    // credentials (user:secret).
+    let paths = [
+        format!("/v2/team/app/manifests/{}", img.manifest.digest),
+        "/v2/team/app/manifests/1".into(),
+    ]
+    .into_iter()
+    .chain(
+        img.blobs()
+            .into_iter()
+            .map(|b| format!("/v2/team/app/blobs/{}", b.digest)),
+    )
+    .collect::<Vec<String>>();
+    for p in paths {
+        srv.update(&p, |r| {
+            r.auth = Some(("Bearer tok-123".into(), challenge.clone()))
+        });
+    }
+    srv.route(
+        "/token",
+        Route::handler(|req| {
+            let ok = req.header("authorization") == Some("Basic dXNlcjpzZWNyZXQ=")
+                && req.query.contains("scope=repository%3Ateam%2Fapp%3Apull")
+                && req.query.contains("service=fake");
+            if ok {
+                Reply {
+                    status: 200,
+                    headers: vec![],
+                    body: br#"{"token":"tok-123"}"#.to_vec(),
+                }
+            } else {
+                Reply {
+                    status: 401,
+                    headers: vec![],
+                    body: b"{}".to_vec(),
+                }
+            }
+        }),
+    );
+    let site = Site::new();
+    let recipe = site.recipe(&format!("{}/team/app:1", srv.addr), "");
+    // No credentials: the error says how to log in.
+    let err = run_err(site.run("lock", &recipe, &[]));
+    assert!(
+        err.contains("refused an anonymous token") && err.contains("REGISTRY_AUTH_FILE"),
+        "{err}"
+    );
+    fs::write(
+        site.path("auth.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"dXNlcjpzZWNyZXQ="}}}}}}"#,
+            srv.addr
+        ),
+    )
+    .unwrap();
+    run_ok(site.run("lock", &recipe, &[]));
+    run_ok(site.run("fetch", &recipe, &[]));
+    assert_eq!(site.records().len(), 1);
+    // One token request served the whole pull.
+    assert!(
+        srv.hits("/token").len() <= 3,
+        "{:?}",
+        srv.hits("/token").len()
+    );
+}
+
+#[test]
+fn mirrors_are_tried_first_and_the_upstream_after_them() {
+    let img = Image::hello("m", "linux/amd64");
+    let mirror = fake("library/app", "1", &img);
+    let dead = Server::start(); // a mirror that knows nothing (404s)
+    let site = Site::new();
+    // The upstream is a loopback port nothing listens on: only the mirror
+    // can serve the image.
+    let upstream = "127.0.0.1:9";
+    let mirrors = format!(
+        "\n[[mirror]]\nregistry = \"{upstream}\"\nendpoint = \"{}\"\n\n[[mirror]]\nregistry = \"{upstream}\"\nendpoint = \"{}\"\n",
+        dead.url(""),
+        mirror.url("")
+    );
+    let recipe = site.recipe(&format!("{upstream}/library/app:1"), &mirrors);
+    run_ok(site.run("lock", &recipe, &[]));
+    assert_eq!(
+        site.lock_file()["input"][0]["sha256"].as_str(),
+        Some(img.manifest.hex())
+    );
+    run_ok(site.run("fetch", &recipe, &[]));
+    assert_eq!(
+        site.records()[0]["name"],
+        format!("{upstream}/library/app:1"),
+        "named as the recipe says, not as the mirror"
+    );
+    assert!(!dead.requests().is_empty(), "the first mirror was tried");
+
+    // All down: each endpoint's failure is listed.
+    let recipe = site.recipe(&format!("{upstream}/library/other:1"), &mirrors);
+    let err = run_err(site.run("lock", &recipe, &[]));
+    assert!(
+        err.contains(&dead.url(""))
+            && err.contains(&mirror.url(""))
+            && err.contains("http://127.0.0.1:9"),
+        "{err}"
+    );
+}
+
+/// The small bootable base of the build tests as one layer.
+fn base_layer(dir: &Path) -> Vec<u8> {
+    let p = dir.join("base-layer.tar");
+    common::tarball(&p, &common::base_entries());
+    fs::read(&p).unwrap()
+}
+
+#[test]
+fn build_flattens_a_pulled_base_image_offline() {
+    if !(common::is_root() && common::have("mke2fs")) {
+        return;
+    }
+    let Some(reg) = DockerRegistry::start() else {
+        return;
+    };
+    let site = Site::new();
+    let l1 = base_layer(site.dir.path());
+    let l2 = layer(&[
+        E::Dir("srv/data"),
+        E::File("srv/data/old1", b"lower"),
+        E::File("srv/data/sub/old2", b"lower"),
+        E::File("etc/gone.conf", b"lower"),
+        E::File("etc/kept.conf", b"lower"),
+    ]);
+    let l3 = layer(&[
+        E::File("srv/data/new", b"upper"),
+        E::File("srv/data/.wh..wh..opq", b""),
+        E::File("etc/.wh.gone.conf", b""),
+        E::File("etc/kept.conf", b"upper"),
+    ]);
+    let amd = Image::new("linux/amd64", &[l1, l2, l3]);
+    let arm = Image::hello("base", "linux/arm64");
+    reg.push_index("fedora/bootc", "43", &[&amd, &arm], &index(&[&amd, &arm]));
+    let recipe = site.recipe(
+        &format!("{}/fedora/bootc:43", reg.host),
+        "\n[disk]\nsize = \"160MiB\"\nesp_size = \"40MiB\"\n",
+    );
+    run_ok(site.run("lock", &recipe, &[]));
+    run_ok(site.run("fetch", &recipe, &[]));
+    // The registry is gone when the build runs: it must not be needed.
+    drop(reg);
+    let out = airlock()
+        .arg("build")
+        .arg(&recipe)
+        .arg("--cache")
+        .arg(site.cache())
+        .arg("--out")
+        .arg(site.path("out"))
+        .output()
+        .unwrap();
+    let log = run_ok(out);
+    assert!(log.contains("3 layers"), "{log}");
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(site.path("out/manifest.json")).unwrap()).unwrap();
+    let root = &m["disk"]["root"];
+    let ext = ext4_view::Ext4::load(Box::new(common::PartReader {
+        file: fs::File::open(site.path("out/t.raw")).unwrap(),
+        offset: root["start"].as_u64().unwrap(),
+    }))
+    .unwrap();
+    assert_eq!(ext.read_to_string("/etc/kept.conf").unwrap(), "upper");
+    assert!(!ext.exists("/etc/gone.conf").unwrap(), "whiteout applied");
+    let data: Vec<String> = ext
+        .read_dir("/srv/data")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().as_str().unwrap().to_string())
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    assert_eq!(
+        data,
+        ["new"],
+        "opaque directory: only the upper layer's entries"
+    );
+    assert_eq!(
+        ext.read("/boot/vmlinuz-6.1.0-28-amd64").unwrap(),
+        b"MZ fake kernel"
+    );
+    // No whiteout file anywhere in the image.
+    let mut stack = vec!["/".to_string()];
+    while let Some(dir) = stack.pop() {
+        for e in ext.read_dir(dir.as_str()).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().as_str().unwrap().to_string();
+            if name == "." || name == ".." {
+                continue;
+            }
+            assert!(!name.starts_with(".wh."), "{dir}/{name} left in the image");
+            if e.file_type().unwrap().is_dir() {
+                stack.push(format!("{}/{name}", dir.trim_end_matches('/')));
+            }
+        }
+    }
+}
+
+#[test]
+fn build_refuses_a_base_layer_escaping_the_root() {
+    if !(common::is_root() && common::have("mke2fs")) {
+        return;
+    }
+    let site = Site::new();
+    let evil = layer(&[
+        E::File("etc/ok", b"fine"),
+        E::RawPath(b"../../../../../tmp/airlock-escaped", b"pwned"),
+    ]);
+    let img = Image::new("linux/amd64", &[base_layer(site.dir.path()), evil]);
+    let srv = fake("evil/base", "1", &img);
+    let recipe = site.recipe(
+        &pinned(&srv, "evil/base", &img),
+        "\n[disk]\nsize = \"160MiB\"\nesp_size = \"40MiB\"\n",
+    );
+    run_ok(site.run("fetch", &recipe, &[]));
+    let out = airlock()
+        .arg("build")
+        .arg(&recipe)
+        .arg("--cache")
+        .arg(site.cache())
+        .arg("--out")
+        .arg(site.path("out"))
+        .output()
+        .unwrap();
+    let err = run_err(out);
+    assert!(
+        err.contains("layer 2 of 2") && err.contains("airlock-escaped") && err.contains("'..'"),
+        "{err}"
+    );
+    assert!(!Path::new("/tmp/airlock-escaped").exists());
+    assert!(
+        !site.path("out").exists(),
+        "a failed build left output behind"
+    );
+}

@@ -1,0 +1,482 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `airlock write` and the block map, end to end: fixture images built by
+//! `airlock build`, written to regular files and loop devices, and checked
+//! with bmaptool, sgdisk, e2fsck, fsck.fat, dumpe2fs and debugfs.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+fn tools() -> bool {
+    is_root() && have("mke2fs") && have("sgdisk") && have("e2fsck") && have("fsck.fat")
+}
+
+/// A built fixture image: (fixture, its output folder).
+fn built() -> (Fixture, PathBuf) {
+    let fx = Fixture::new();
+    let recipe = fx.write_recipe(&fx.recipe_text());
+    run_ok(fx.build(&recipe, "out"));
+    let out = fx.path("out");
+    (fx, out)
+}
+
+fn write(args: &[&str], image: &Path, target: &Path) -> Output {
+    airlock()
+        .arg("write")
+        .arg(image)
+        .arg(target)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A file of `len` bytes of 0xAA: a stick's old contents.
+fn garbage_file(path: &Path, len: u64) {
+    let mut f = File::create(path).unwrap();
+    let block = vec![0xaau8; 1 << 20];
+    for _ in 0..len >> 20 {
+        f.write_all(&block).unwrap();
+    }
+}
+
+fn image_size(out: &Path) -> u64 {
+    fs::metadata(out.join("tiny.raw")).unwrap().len()
+}
+
+/// The standard tools' verdict on a written target: GPT, ESP and root.
+fn check_target(fx: &Fixture, out: &Path, target: &Path) {
+    let v = run_ok(Command::new("sgdisk").arg("-v").arg(target).output().unwrap());
+    assert!(v.contains("No problems found"), "{v}");
+    let m = manifest(out);
+    let (esp_off, esp_len) = partition(&m, "esp");
+    let esp = fx.path("esp.check");
+    extract_range(target, esp_off, esp_len, &esp);
+    run_ok(Command::new("fsck.fat").arg("-n").arg(&esp).output().unwrap());
+    let (root_off, root_len) = partition(&m, "root");
+    let root = fx.path("root.check");
+    extract_range(target, root_off, root_len, &root);
+    run_ok(Command::new("e2fsck").arg("-fn").arg(&root).output().unwrap());
+}
+
+/// Byte ranges of the root filesystem that ext4 trusts to hold what mke2fs
+/// wrote (zeros, mostly): inode tables (dumpe2fs) and the journal
+/// (debugfs), relative to the partition.
+fn root_metadata(root_img: &Path) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let dump = run_ok(Command::new("dumpe2fs").arg(root_img).output().unwrap());
+    let re = regex::Regex::new(r"Inode table at (\d+)-(\d+)").unwrap();
+    for c in re.captures_iter(&dump) {
+        let (a, b): (u64, u64) = (c[1].parse().unwrap(), c[2].parse().unwrap());
+        out.push((a * 4096, (b + 1) * 4096));
+    }
+    let stat = run_ok(Command::new("debugfs").args(["-R", "stat <8>"]).arg(root_img).output().unwrap());
+    let re = regex::Regex::new(r"\(\d+(?:-\d+)?\):(\d+)(?:-(\d+))?").unwrap();
+    for c in re.captures_iter(stat.split("EXTENTS").nth(1).unwrap()) {
+        let a: u64 = c[1].parse().unwrap();
+        let b: u64 = c.get(2).map_or(a, |m| m.as_str().parse().unwrap());
+        out.push((a * 4096, (b + 1) * 4096));
+    }
+    assert!(out.len() >= 2, "{dump}\n{stat}");
+    out
+}
+
+/// Asserts that `target` holds the image's bytes in the root's metadata
+/// (where a hole-skipping writer would leave 0xAA).
+fn assert_root_metadata_written(fx: &Fixture, out: &Path, target: &Path) {
+    let (root_off, root_len) = partition(&manifest(out), "root");
+    let root = fx.path("root.meta");
+    extract_range(&out.join("tiny.raw"), root_off, root_len, &root);
+    let img = File::open(out.join("tiny.raw")).unwrap();
+    let tgt = File::open(target).unwrap();
+    for (s, e) in root_metadata(&root) {
+        let mut a = vec![0u8; (e - s) as usize];
+        let mut b = vec![0u8; (e - s) as usize];
+        img.read_exact_at(&mut a, root_off + s).unwrap();
+        tgt.read_exact_at(&mut b, root_off + s).unwrap();
+        assert!(a == b, "root bytes {s}..{e} on the target differ from the image (stale bytes kept?)");
+    }
+}
+
+#[test]
+fn build_writes_a_bmap_bmaptool_copies_and_checks() {
+    if !tools() || !have("bmaptool") {
+        return;
+    }
+    let (fx, out) = built();
+    run_ok(Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(&out).output().unwrap());
+    let sums = fs::read_to_string(out.join("SHA256SUMS")).unwrap();
+    assert!(sums.contains("  tiny.bmap\n"), "{sums}");
+    let b = airlock::bmap::Bmap::load(&out.join("tiny.bmap")).unwrap();
+    assert_eq!(b.image_size, image_size(&out));
+    assert!(b.mapped_bytes() < b.image_size / 4, "mapped {} of {}", b.mapped_bytes(), b.image_size);
+
+    // bmaptool copies with our map and checks every range's sha256 itself
+    // (it fails on a mismatch), onto a stick full of old bytes.
+    let target = fx.path("bmaptool.target");
+    garbage_file(&target, image_size(&out));
+    let o = Command::new("bmaptool")
+        .args(["copy", "--bmap"])
+        .arg(out.join("tiny.bmap"))
+        .arg(out.join("tiny.raw"))
+        .arg(&target)
+        .output()
+        .unwrap();
+    let log = run_ok(o);
+    assert!(log.contains("checksum") || log.contains("copying time"), "{log}");
+    check_target(&fx, &out, &target);
+    assert_root_metadata_written(&fx, &out, &target);
+
+    // A damaged range is caught by bmaptool's own check.
+    let bad = fx.path("bad.raw");
+    fs::copy(out.join("tiny.raw"), &bad).unwrap();
+    let r = &b.ranges[0];
+    OpenOptions::new().write(true).open(&bad).unwrap().write_all_at(b"!", r.first * 4096 + 600).unwrap();
+    let o = Command::new("bmaptool")
+        .args(["copy", "--bmap"])
+        .arg(out.join("tiny.bmap"))
+        .arg(&bad)
+        .arg(fx.path("bad.target"))
+        .output()
+        .unwrap();
+    let err = run_err(o);
+    assert!(err.contains("checksum mismatch"), "{err}");
+
+    // The map is reproducible, like the image.
+    let recipe = fx.path("recipe.toml");
+    run_ok(fx.build(&recipe, "out2"));
+    assert_eq!(fs::read(out.join("tiny.bmap")).unwrap(), fs::read(fx.path("out2/tiny.bmap")).unwrap());
+}
+
+#[test]
+fn writes_zst_to_a_file_twice_the_image_size() {
+    if !tools() || !have("dumpe2fs") || !have("debugfs") {
+        return;
+    }
+    let (fx, out) = built();
+    let size = image_size(&out);
+    let target = fx.path("stick.img");
+    garbage_file(&target, 2 * size);
+    let o = write(&["--yes", "--json"], &out.join("tiny.raw.zst"), &target);
+    let stdout = String::from_utf8(o.stdout.clone()).unwrap();
+    run_ok(o);
+    // stdout is the JSON summary and nothing else.
+    let s: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(s["verified"], true, "{s}");
+    assert_eq!(s["backup_gpt_moved"], true, "{s}");
+    assert_eq!(s["device_size"].as_u64().unwrap(), 2 * size);
+    let b = airlock::bmap::Bmap::load(&out.join("tiny.bmap")).unwrap();
+    assert_eq!(s["mapped_bytes"].as_u64().unwrap(), b.mapped_bytes());
+    let sent = s["bytes_written"].as_u64().unwrap() + s["bytes_zeroed"].as_u64().unwrap();
+    assert_eq!(sent, b.mapped_bytes() + (1 << 20), "mapped bytes plus the device's last MiB: {s}");
+    assert_eq!(fs::metadata(&target).unwrap().len(), 2 * size);
+    check_target(&fx, &out, &target);
+    assert_root_metadata_written(&fx, &out, &target);
+    // Past the image, only the device's last MiB (the backup GPT) changed.
+    let f = File::open(&target).unwrap();
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, size + 4096).unwrap();
+    assert_eq!(byte[0], 0xaa);
+    // `airlock verify` (the manifest check) accepts the written target.
+    let o = airlock()
+        .arg("verify")
+        .arg(&target)
+        .arg("--manifest")
+        .arg(out.join("manifest.json"))
+        .output()
+        .unwrap();
+    run_ok(o);
+}
+
+/// Punches a hole in every all-zero 4 KiB block, as `zstd -d` or
+/// `cp --sparse=always` leave a copy.
+fn sparsify(path: &Path) {
+    let f = OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < len {
+        f.read_exact_at(&mut buf, off).unwrap();
+        for (i, b) in buf.chunks(4096).enumerate() {
+            if b.iter().all(|&x| x == 0) {
+                let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+                rustix::fs::fallocate(&f, flags, off + i as u64 * 4096, 4096).unwrap();
+            }
+        }
+        off += 1 << 20;
+    }
+}
+
+#[test]
+fn a_sparse_copy_without_a_map_still_overwrites_the_root_metadata() {
+    if !tools() || !have("dumpe2fs") || !have("debugfs") {
+        return;
+    }
+    let (fx, out) = built();
+    let size = image_size(&out);
+    // The raw image alone, with every zero block a hole: SEEK_HOLE now
+    // calls the inode tables and the journal holes.
+    let dir = fx.path("alone");
+    fs::create_dir(&dir).unwrap();
+    let raw = dir.join("tiny.raw");
+    fs::copy(out.join("tiny.raw"), &raw).unwrap();
+    sparsify(&raw);
+    let target = fx.path("stick.img");
+    garbage_file(&target, size);
+    let o = write(&["--yes"], &raw, &target);
+    let log = run_ok(o);
+    assert!(log.contains("computing one from the image"), "{log}");
+    check_target(&fx, &out, &target);
+    assert_root_metadata_written(&fx, &out, &target);
+    // The same map as the build's, holes or not.
+    let b = airlock::bmap::create(&raw, &indicatif::ProgressBar::hidden()).unwrap();
+    assert_eq!(b, airlock::bmap::Bmap::load(&out.join("tiny.bmap")).unwrap());
+}
+
+#[test]
+fn a_new_file_is_created_and_verify_only_finds_a_changed_byte() {
+    if !tools() {
+        return;
+    }
+    let (fx, out) = built();
+    let target = fx.path("new.img");
+    run_ok(write(&[], &out.join("tiny.raw"), &target));
+    assert_eq!(fs::metadata(&target).unwrap().len(), image_size(&out));
+    assert_eq!(sha256_file(&target), sha256_file(&out.join("tiny.raw")), "a same-size target is the image");
+    let names: Vec<_> = fs::read_dir(fx.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!names.iter().any(|n| n.to_string_lossy().starts_with(".new.img")), "temporary file left: {names:?}");
+    run_ok(write(&["--verify-only"], &out.join("tiny.raw.zst"), &target));
+
+    // One byte inside the root filesystem's metadata changes.
+    let (root_off, _) = partition(&manifest(&out), "root");
+    let bad = root_off + 1024 + 100;
+    let f = OpenOptions::new().read(true).write(true).open(&target).unwrap();
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, bad).unwrap();
+    f.write_all_at(&[byte[0] ^ 0x01], bad).unwrap();
+    drop(f);
+    for image in ["tiny.raw", "tiny.raw.zst"] {
+        let err = run_err(write(&["--verify-only"], &out.join(image), &target));
+        assert!(err.contains(&format!("the first bad byte is at offset {bad}")), "{image}: {err}");
+        assert!(err.contains("1 of "), "{err}");
+    }
+}
+
+#[test]
+fn refusals_without_a_device() {
+    if !tools() {
+        return;
+    }
+    let (fx, out) = built();
+    // No confirmation: stdin is not a terminal.
+    let target = fx.path("old.img");
+    garbage_file(&target, 1 << 20);
+    let err = run_err(write(&[], &out.join("tiny.raw"), &target));
+    assert!(err.contains("stdin is not a terminal; pass --yes"), "{err}");
+    assert_eq!(fs::metadata(&target).unwrap().len(), 1 << 20, "touched without confirmation");
+
+    // A .raw.zst with no block map beside it.
+    let lone = fx.path("lone");
+    fs::create_dir(&lone).unwrap();
+    fs::copy(out.join("tiny.raw.zst"), lone.join("tiny.raw.zst")).unwrap();
+    let err = run_err(write(&["--yes"], &lone.join("tiny.raw.zst"), &fx.path("t1")));
+    assert!(err.contains("has no block map beside it") && err.contains("--bmap"), "{err}");
+
+    // A block map that is not the one built (valid XML, valid own checksum).
+    let mut b = airlock::bmap::Bmap::load(&out.join("tiny.bmap")).unwrap();
+    b.ranges[0].sha256 = "00".repeat(32);
+    let forged = fx.path("forged");
+    fs::create_dir(&forged).unwrap();
+    for f in ["tiny.raw", "SHA256SUMS"] {
+        fs::copy(out.join(f), forged.join(f)).unwrap();
+    }
+    fs::write(forged.join("tiny.bmap"), b.to_xml()).unwrap();
+    let err = run_err(write(&["--yes"], &forged.join("tiny.raw"), &fx.path("t2")));
+    assert!(err.contains("is not the one that was built"), "{err}");
+    // Without SHA256SUMS, the range checksum catches it while writing.
+    fs::remove_file(forged.join("SHA256SUMS")).unwrap();
+    let err = run_err(write(&["--yes"], &forged.join("tiny.raw"), &fx.path("t3")));
+    assert!(err.contains("does not match its block map: blocks 0-"), "{err}");
+    assert!(!fx.path("t3").exists(), "a failed write left a file under the final name");
+}
+
+/// A tmpfs of `mib` MiB, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn new(at: PathBuf, mib: u64) -> Tmpfs {
+        fs::create_dir_all(&at).unwrap();
+        run_ok(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"]).arg(&at).output().unwrap());
+        Tmpfs(at)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        for _ in 0..5 {
+            if Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+#[test]
+fn a_write_error_names_the_offset() {
+    if !tools() {
+        return;
+    }
+    let (fx, out) = built();
+    // A filesystem with 6 MiB of room under a target that needs more:
+    // the write fails (ENOSPC) part way.
+    let small = Tmpfs::new(fx.path("small"), 6);
+    let target = small.0.join("stick.img");
+    File::create(&target).unwrap().set_len(image_size(&out)).unwrap();
+    let err = run_err(write(&["--yes"], &out.join("tiny.raw.zst"), &target));
+    let re = regex::Regex::new(r"writing to \S+ failed at offset (\d+)").unwrap();
+    let off: u64 = re.captures(&err).unwrap_or_else(|| panic!("no offset: {err}"))[1].parse().unwrap();
+    assert!(off > 0 && off < image_size(&out), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("partition table was erased"), "{err}");
+}
+
+/// A loop device over a file, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn new(file: &Path, partscan: bool) -> Option<Loop> {
+        let mut c = Command::new("losetup");
+        c.args(["--find", "--show"]);
+        if partscan {
+            c.arg("--partscan");
+        }
+        let o = c.arg(file).output().ok()?;
+        if !o.status.success() {
+            return None;
+        }
+        let dev = String::from_utf8(o.stdout).ok()?.trim().to_string();
+        if partscan && !Path::new(&format!("{dev}p2")).exists() {
+            // The kernel may not have scanned yet; partx adds them now.
+            let _ = Command::new("partx").arg("-a").arg(&dev).output();
+            for _ in 0..20 {
+                if Path::new(&format!("{dev}p2")).exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        Some(Loop(dev))
+    }
+    fn path(&self) -> PathBuf {
+        PathBuf::from(&self.0)
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        for _ in 0..5 {
+            if Command::new("losetup").arg("-d").arg(&self.0).status().is_ok_and(|s| s.success()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+/// Loop devices, or a note (and a failure in CI) when there are none.
+fn loops() -> bool {
+    if !tools() || !have("losetup") {
+        return false;
+    }
+    let ok = Path::new("/dev/loop-control").exists();
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "loop devices are required in CI");
+        eprintln!("skipping: no loop devices");
+    }
+    ok
+}
+
+#[test]
+fn loop_devices_smaller_fixed_and_mounted_are_refused() {
+    if !loops() || !have("mount") {
+        return;
+    }
+    let (fx, out) = built();
+    let size = image_size(&out);
+    let image = out.join("tiny.raw.zst");
+
+    let small = fx.path("small.back");
+    File::create(&small).unwrap().set_len(64 << 20).unwrap();
+    let Some(l) = Loop::new(&small, false) else {
+        assert!(std::env::var_os("CI").is_none(), "losetup failed in CI");
+        eprintln!("skipping: losetup failed");
+        return;
+    };
+    let err = run_err(write(&["--yes", "--force"], &image, &l.path()));
+    assert!(err.contains(&format!("refusing to write to {}: it holds 64.0 MiB", l.0)), "{err}");
+    assert!(err.contains("needs 160.0 MiB"), "{err}");
+    drop(l);
+
+    // A loop device holding an image, with its root partition mounted.
+    let back = fx.path("stick.back");
+    fs::copy(out.join("tiny.raw"), &back).unwrap();
+    OpenOptions::new().write(true).open(&back).unwrap().set_len(2 * size).unwrap();
+    let l = Loop::new(&back, true).unwrap();
+    let p2 = format!("{}p2", l.0);
+    if Path::new(&p2).exists() {
+        let err = run_err(write(&["--yes", "--force"], &image, Path::new(&format!("{}p1", l.0))));
+        assert!(err.contains(&format!("it is partition 1 of {}", l.0)), "{err}");
+        let mnt = fx.path("mnt");
+        fs::create_dir(&mnt).unwrap();
+        run_ok(Command::new("mount").arg("-o").arg("ro").arg(&p2).arg(&mnt).output().unwrap());
+        let err = run_err(write(&["--yes", "--force"], &image, &l.path()));
+        let _ = Command::new("umount").arg(&mnt).status();
+        assert!(err.contains(&format!("{p2} is mounted at {}", mnt.display())), "{err}");
+    } else {
+        assert!(std::env::var_os("CI").is_none(), "loop partitions are required in CI");
+        eprintln!("note: the kernel made no loop partitions; mounted-partition check not run");
+    }
+
+    // Loop devices are not removable: --force is needed, then it works.
+    let err = run_err(write(&["--yes"], &image, &l.path()));
+    assert!(err.contains("non-removable) disk") && err.contains("use --force"), "{err}");
+    let o = write(&["--yes", "--force", "--json"], &image, &l.path());
+    let stdout = String::from_utf8(o.stdout.clone()).unwrap();
+    run_ok(o);
+    let s: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(s["verified"], true);
+    assert_eq!(s["backup_gpt_moved"], true);
+    let v = run_ok(Command::new("sgdisk").arg("-v").arg(&l.path()).output().unwrap());
+    assert!(v.contains("No problems found"), "{v}");
+    drop(l);
+    check_target(&fx, &out, &back);
+}
+
+#[test]
+fn an_io_error_on_a_loop_device_names_the_offset() {
+    if !loops() {
+        return;
+    }
+    let (fx, out) = built();
+    // A loop device over a file on a tmpfs with room for 8 MiB: the
+    // device's writes fail with an I/O error past that.
+    let small = Tmpfs::new(fx.path("small"), 8);
+    let back = small.0.join("back");
+    File::create(&back).unwrap().set_len(2 * image_size(&out)).unwrap();
+    let Some(l) = Loop::new(&back, false) else {
+        assert!(std::env::var_os("CI").is_none(), "losetup failed in CI");
+        return;
+    };
+    let err = run_err(write(&["--yes", "--force"], &out.join("tiny.raw.zst"), &l.path()));
+    drop(l);
+    let re = regex::Regex::new(r"(writing to \S+ failed at offset (\d+)|flushing \S+ failed: the writes between offsets (\d+) and (\d+))").unwrap();
+    assert!(re.is_match(&err), "no offset: {err}");
+    assert!(err.contains("error"), "{err}");
+}
