@@ -155,10 +155,18 @@ pub(crate) fn run_jobs(
         }
     }
     if !failed.is_empty() {
+        let others = if ok.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (the other {} are in {})",
+                ok.len(),
+                cache.root().display()
+            )
+        };
         bail!(
-            "{} of {total} inputs could not be fetched (the others are in {}):\n  - {}",
+            "{} of {total} inputs could not be fetched{others}:\n  - {}",
             failed.len(),
-            cache.root().display(),
             failed.join("\n  - ")
         );
     }
