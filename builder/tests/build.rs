@@ -40,7 +40,13 @@ fn builds_a_checkable_reproducible_image() {
     names.sort();
     assert_eq!(
         names,
-        ["SHA256SUMS", "manifest.json", "tiny.raw", "tiny.raw.zst"]
+        [
+            "SHA256SUMS",
+            "manifest.json",
+            "tiny.bmap",
+            "tiny.raw",
+            "tiny.raw.zst"
+        ]
     );
 
     // SHA256SUMS is what sha256sum -c checks.

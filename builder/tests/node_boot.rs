@@ -143,8 +143,10 @@ enable = ["airlock-node-probe.service"]
 size = "2GiB"
 esp_size = "256MiB"
 
+# The base configures no network, so systemd-networkd-wait-online would
+# hold network-online.target for its 2-minute timeout on every boot.
 [boot]
-cmdline = ["systemd.show_status=auto"]
+cmdline = ["systemd.show_status=auto", "systemd.mask=systemd-networkd-wait-online.service"]
 "#,
         base = base.display(),
         base_sha = sha256_file(base),
@@ -281,6 +283,10 @@ fn node_image_imports_images_and_runs_kubeadm_once() {
             "ctr in the guest does not list {w}:\n{console}"
         );
     }
+    assert!(
+        console.contains("airlock: ctr -n k8s.io images ls -q lists 8 references"),
+        "{console}"
+    );
     assert!(console.contains("airlock: images ready: 3 archives imported this boot, all 8 references listed and pinned"), "{console}");
     assert!(console.contains("airlock: no default route: adding one through the dummy interface airlock0 (10.0.2.15)"), "{console}");
     assert!(
