@@ -52,17 +52,35 @@ fn image_size(out: &Path) -> u64 {
 
 /// The standard tools' verdict on a written target: GPT, ESP and root.
 fn check_target(fx: &Fixture, out: &Path, target: &Path) {
-    let v = run_ok(Command::new("sgdisk").arg("-v").arg(target).output().unwrap());
+    let v = run_ok(
+        Command::new("sgdisk")
+            .arg("-v")
+            .arg(target)
+            .output()
+            .unwrap(),
+    );
     assert!(v.contains("No problems found"), "{v}");
     let m = manifest(out);
     let (esp_off, esp_len) = partition(&m, "esp");
     let esp = fx.path("esp.check");
     extract_range(target, esp_off, esp_len, &esp);
-    run_ok(Command::new("fsck.fat").arg("-n").arg(&esp).output().unwrap());
+    run_ok(
+        Command::new("fsck.fat")
+            .arg("-n")
+            .arg(&esp)
+            .output()
+            .unwrap(),
+    );
     let (root_off, root_len) = partition(&m, "root");
     let root = fx.path("root.check");
     extract_range(target, root_off, root_len, &root);
-    run_ok(Command::new("e2fsck").arg("-fn").arg(&root).output().unwrap());
+    run_ok(
+        Command::new("e2fsck")
+            .arg("-fn")
+            .arg(&root)
+            .output()
+            .unwrap(),
+    );
 }
 
 /// Byte ranges of the root filesystem that ext4 trusts to hold what mke2fs
@@ -76,7 +94,13 @@ fn root_metadata(root_img: &Path) -> Vec<(u64, u64)> {
         let (a, b): (u64, u64) = (c[1].parse().unwrap(), c[2].parse().unwrap());
         out.push((a * 4096, (b + 1) * 4096));
     }
-    let stat = run_ok(Command::new("debugfs").args(["-R", "stat <8>"]).arg(root_img).output().unwrap());
+    let stat = run_ok(
+        Command::new("debugfs")
+            .args(["-R", "stat <8>"])
+            .arg(root_img)
+            .output()
+            .unwrap(),
+    );
     let re = regex::Regex::new(r"\(\d+(?:-\d+)?\):(\d+)(?:-(\d+))?").unwrap();
     for c in re.captures_iter(stat.split("EXTENTS").nth(1).unwrap()) {
         let a: u64 = c[1].parse().unwrap();
@@ -100,7 +124,10 @@ fn assert_root_metadata_written(fx: &Fixture, out: &Path, target: &Path) {
         let mut b = vec![0u8; (e - s) as usize];
         img.read_exact_at(&mut a, root_off + s).unwrap();
         tgt.read_exact_at(&mut b, root_off + s).unwrap();
-        assert!(a == b, "root bytes {s}..{e} on the target differ from the image (stale bytes kept?)");
+        assert!(
+            a == b,
+            "root bytes {s}..{e} on the target differ from the image (stale bytes kept?)"
+        );
     }
 }
 
@@ -110,12 +137,24 @@ fn build_writes_a_bmap_bmaptool_copies_and_checks() {
         return;
     }
     let (fx, out) = built();
-    run_ok(Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(&out).output().unwrap());
+    run_ok(
+        Command::new("sha256sum")
+            .arg("-c")
+            .arg("SHA256SUMS")
+            .current_dir(&out)
+            .output()
+            .unwrap(),
+    );
     let sums = fs::read_to_string(out.join("SHA256SUMS")).unwrap();
     assert!(sums.contains("  tiny.bmap\n"), "{sums}");
     let b = airlock::bmap::Bmap::load(&out.join("tiny.bmap")).unwrap();
     assert_eq!(b.image_size, image_size(&out));
-    assert!(b.mapped_bytes() < b.image_size / 4, "mapped {} of {}", b.mapped_bytes(), b.image_size);
+    assert!(
+        b.mapped_bytes() < b.image_size / 4,
+        "mapped {} of {}",
+        b.mapped_bytes(),
+        b.image_size
+    );
 
     // bmaptool copies with our map and checks every range's sha256 itself
     // (it fails on a mismatch), onto a stick full of old bytes.
@@ -129,15 +168,36 @@ fn build_writes_a_bmap_bmaptool_copies_and_checks() {
         .output()
         .unwrap();
     let log = run_ok(o);
-    assert!(log.contains("checksum") || log.contains("copying time"), "{log}");
+    assert!(
+        log.contains("checksum") || log.contains("copying time"),
+        "{log}"
+    );
     check_target(&fx, &out, &target);
     assert_root_metadata_written(&fx, &out, &target);
+    // The .raw.zst too, finding tiny.bmap beside it by itself.
+    let target = fx.path("bmaptool-zst.target");
+    garbage_file(&target, image_size(&out));
+    let log = run_ok(
+        Command::new("bmaptool")
+            .arg("copy")
+            .arg(out.join("tiny.raw.zst"))
+            .arg(&target)
+            .output()
+            .unwrap(),
+    );
+    assert!(log.contains("tiny.bmap"), "{log}");
+    check_target(&fx, &out, &target);
 
     // A damaged range is caught by bmaptool's own check.
     let bad = fx.path("bad.raw");
     fs::copy(out.join("tiny.raw"), &bad).unwrap();
     let r = &b.ranges[0];
-    OpenOptions::new().write(true).open(&bad).unwrap().write_all_at(b"!", r.first * 4096 + 600).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&bad)
+        .unwrap()
+        .write_all_at(b"!", r.first * 4096 + 600)
+        .unwrap();
     let o = Command::new("bmaptool")
         .args(["copy", "--bmap"])
         .arg(out.join("tiny.bmap"))
@@ -151,7 +211,10 @@ fn build_writes_a_bmap_bmaptool_copies_and_checks() {
     // The map is reproducible, like the image.
     let recipe = fx.path("recipe.toml");
     run_ok(fx.build(&recipe, "out2"));
-    assert_eq!(fs::read(out.join("tiny.bmap")).unwrap(), fs::read(fx.path("out2/tiny.bmap")).unwrap());
+    assert_eq!(
+        fs::read(out.join("tiny.bmap")).unwrap(),
+        fs::read(fx.path("out2/tiny.bmap")).unwrap()
+    );
 }
 
 #[test]
@@ -174,7 +237,11 @@ fn writes_zst_to_a_file_twice_the_image_size() {
     let b = airlock::bmap::Bmap::load(&out.join("tiny.bmap")).unwrap();
     assert_eq!(s["mapped_bytes"].as_u64().unwrap(), b.mapped_bytes());
     let sent = s["bytes_written"].as_u64().unwrap() + s["bytes_zeroed"].as_u64().unwrap();
-    assert_eq!(sent, b.mapped_bytes() + (1 << 20), "mapped bytes plus the device's last MiB: {s}");
+    assert_eq!(
+        sent,
+        b.mapped_bytes() + (1 << 20),
+        "mapped bytes plus the device's last MiB: {s}"
+    );
     assert_eq!(fs::metadata(&target).unwrap().len(), 2 * size);
     check_target(&fx, &out, &target);
     assert_root_metadata_written(&fx, &out, &target);
@@ -197,7 +264,11 @@ fn writes_zst_to_a_file_twice_the_image_size() {
 /// Punches a hole in every all-zero 4 KiB block, as `zstd -d` or
 /// `cp --sparse=always` leave a copy.
 fn sparsify(path: &Path) {
-    let f = OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let len = f.metadata().unwrap().len();
     let mut buf = vec![0u8; 1 << 20];
     let mut off = 0;
@@ -205,7 +276,8 @@ fn sparsify(path: &Path) {
         f.read_exact_at(&mut buf, off).unwrap();
         for (i, b) in buf.chunks(4096).enumerate() {
             if b.iter().all(|&x| x == 0) {
-                let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+                let flags =
+                    rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
                 rustix::fs::fallocate(&f, flags, off + i as u64 * 4096, 4096).unwrap();
             }
         }
@@ -236,7 +308,10 @@ fn a_sparse_copy_without_a_map_still_overwrites_the_root_metadata() {
     assert_root_metadata_written(&fx, &out, &target);
     // The same map as the build's, holes or not.
     let b = airlock::bmap::create(&raw, &indicatif::ProgressBar::hidden()).unwrap();
-    assert_eq!(b, airlock::bmap::Bmap::load(&out.join("tiny.bmap")).unwrap());
+    assert_eq!(
+        b,
+        airlock::bmap::Bmap::load(&out.join("tiny.bmap")).unwrap()
+    );
 }
 
 #[test]
@@ -248,22 +323,45 @@ fn a_new_file_is_created_and_verify_only_finds_a_changed_byte() {
     let target = fx.path("new.img");
     run_ok(write(&[], &out.join("tiny.raw"), &target));
     assert_eq!(fs::metadata(&target).unwrap().len(), image_size(&out));
-    assert_eq!(sha256_file(&target), sha256_file(&out.join("tiny.raw")), "a same-size target is the image");
-    let names: Vec<_> = fs::read_dir(fx.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(!names.iter().any(|n| n.to_string_lossy().starts_with(".new.img")), "temporary file left: {names:?}");
-    run_ok(write(&["--verify-only"], &out.join("tiny.raw.zst"), &target));
+    assert_eq!(
+        sha256_file(&target),
+        sha256_file(&out.join("tiny.raw")),
+        "a same-size target is the image"
+    );
+    let names: Vec<_> = fs::read_dir(fx.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.to_string_lossy().starts_with(".new.img")),
+        "temporary file left: {names:?}"
+    );
+    run_ok(write(
+        &["--verify-only"],
+        &out.join("tiny.raw.zst"),
+        &target,
+    ));
 
     // One byte inside the root filesystem's metadata changes.
     let (root_off, _) = partition(&manifest(&out), "root");
     let bad = root_off + 1024 + 100;
-    let f = OpenOptions::new().read(true).write(true).open(&target).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&target)
+        .unwrap();
     let mut byte = [0u8];
     f.read_exact_at(&mut byte, bad).unwrap();
     f.write_all_at(&[byte[0] ^ 0x01], bad).unwrap();
     drop(f);
     for image in ["tiny.raw", "tiny.raw.zst"] {
         let err = run_err(write(&["--verify-only"], &out.join(image), &target));
-        assert!(err.contains(&format!("the first bad byte is at offset {bad}")), "{image}: {err}");
+        assert!(
+            err.contains(&format!("the first bad byte is at offset {bad}")),
+            "{image}: {err}"
+        );
         assert!(err.contains("1 of "), "{err}");
     }
 }
@@ -279,14 +377,31 @@ fn refusals_without_a_device() {
     garbage_file(&target, 1 << 20);
     let err = run_err(write(&[], &out.join("tiny.raw"), &target));
     assert!(err.contains("stdin is not a terminal; pass --yes"), "{err}");
-    assert_eq!(fs::metadata(&target).unwrap().len(), 1 << 20, "touched without confirmation");
+    let err = run_err(write(
+        &["--yes"],
+        &out.join("tiny.raw"),
+        &out.join("tiny.raw"),
+    ));
+    assert!(err.contains("is the image itself"), "{err}");
+    assert_eq!(
+        fs::metadata(&target).unwrap().len(),
+        1 << 20,
+        "touched without confirmation"
+    );
 
     // A .raw.zst with no block map beside it.
     let lone = fx.path("lone");
     fs::create_dir(&lone).unwrap();
     fs::copy(out.join("tiny.raw.zst"), lone.join("tiny.raw.zst")).unwrap();
-    let err = run_err(write(&["--yes"], &lone.join("tiny.raw.zst"), &fx.path("t1")));
-    assert!(err.contains("has no block map beside it") && err.contains("--bmap"), "{err}");
+    let err = run_err(write(
+        &["--yes"],
+        &lone.join("tiny.raw.zst"),
+        &fx.path("t1"),
+    ));
+    assert!(
+        err.contains("has no block map beside it") && err.contains("--bmap"),
+        "{err}"
+    );
 
     // A block map that is not the one built (valid XML, valid own checksum).
     let mut b = airlock::bmap::Bmap::load(&out.join("tiny.bmap")).unwrap();
@@ -302,8 +417,14 @@ fn refusals_without_a_device() {
     // Without SHA256SUMS, the range checksum catches it while writing.
     fs::remove_file(forged.join("SHA256SUMS")).unwrap();
     let err = run_err(write(&["--yes"], &forged.join("tiny.raw"), &fx.path("t3")));
-    assert!(err.contains("does not match its block map: blocks 0-"), "{err}");
-    assert!(!fx.path("t3").exists(), "a failed write left a file under the final name");
+    assert!(
+        err.contains("does not match its block map: blocks 0-"),
+        "{err}"
+    );
+    assert!(
+        !fx.path("t3").exists(),
+        "a failed write left a file under the final name"
+    );
 }
 
 /// A tmpfs of `mib` MiB, unmounted on drop.
@@ -312,7 +433,13 @@ struct Tmpfs(PathBuf);
 impl Tmpfs {
     fn new(at: PathBuf, mib: u64) -> Tmpfs {
         fs::create_dir_all(&at).unwrap();
-        run_ok(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"]).arg(&at).output().unwrap());
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+                .arg(&at)
+                .output()
+                .unwrap(),
+        );
         Tmpfs(at)
     }
 }
@@ -320,7 +447,11 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         for _ in 0..5 {
-            if Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success()) {
+            if Command::new("umount")
+                .arg(&self.0)
+                .status()
+                .is_ok_and(|s| s.success())
+            {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(200));
@@ -338,10 +469,17 @@ fn a_write_error_names_the_offset() {
     // the write fails (ENOSPC) part way.
     let small = Tmpfs::new(fx.path("small"), 6);
     let target = small.0.join("stick.img");
-    File::create(&target).unwrap().set_len(image_size(&out)).unwrap();
+    File::create(&target)
+        .unwrap()
+        .set_len(image_size(&out))
+        .unwrap();
     let err = run_err(write(&["--yes"], &out.join("tiny.raw.zst"), &target));
     let re = regex::Regex::new(r"writing to \S+ failed at offset (\d+)").unwrap();
-    let off: u64 = re.captures(&err).unwrap_or_else(|| panic!("no offset: {err}"))[1].parse().unwrap();
+    let off: u64 = re
+        .captures(&err)
+        .unwrap_or_else(|| panic!("no offset: {err}"))[1]
+        .parse()
+        .unwrap();
     assert!(off > 0 && off < image_size(&out), "{err}");
     assert!(err.contains("No space left on device"), "{err}");
     assert!(err.contains("partition table was erased"), "{err}");
@@ -382,7 +520,12 @@ impl Loop {
 impl Drop for Loop {
     fn drop(&mut self) {
         for _ in 0..5 {
-            if Command::new("losetup").arg("-d").arg(&self.0).status().is_ok_and(|s| s.success()) {
+            if Command::new("losetup")
+                .arg("-d")
+                .arg(&self.0)
+                .status()
+                .is_ok_and(|s| s.success())
+            {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(200));
@@ -397,7 +540,10 @@ fn loops() -> bool {
     }
     let ok = Path::new("/dev/loop-control").exists();
     if !ok {
-        assert!(std::env::var_os("CI").is_none(), "loop devices are required in CI");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "loop devices are required in CI"
+        );
         eprintln!("skipping: no loop devices");
     }
     ok
@@ -420,40 +566,82 @@ fn loop_devices_smaller_fixed_and_mounted_are_refused() {
         return;
     };
     let err = run_err(write(&["--yes", "--force"], &image, &l.path()));
-    assert!(err.contains(&format!("refusing to write to {}: it holds 64.0 MiB", l.0)), "{err}");
+    assert!(
+        err.contains(&format!("refusing to write to {}: it holds 64.0 MiB", l.0)),
+        "{err}"
+    );
     assert!(err.contains("needs 160.0 MiB"), "{err}");
     drop(l);
 
     // A loop device holding an image, with its root partition mounted.
     let back = fx.path("stick.back");
     fs::copy(out.join("tiny.raw"), &back).unwrap();
-    OpenOptions::new().write(true).open(&back).unwrap().set_len(2 * size).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&back)
+        .unwrap()
+        .set_len(2 * size)
+        .unwrap();
     let l = Loop::new(&back, true).unwrap();
     let p2 = format!("{}p2", l.0);
     if Path::new(&p2).exists() {
-        let err = run_err(write(&["--yes", "--force"], &image, Path::new(&format!("{}p1", l.0))));
-        assert!(err.contains(&format!("it is partition 1 of {}", l.0)), "{err}");
+        let err = run_err(write(
+            &["--yes", "--force"],
+            &image,
+            Path::new(&format!("{}p1", l.0)),
+        ));
+        assert!(
+            err.contains(&format!("it is partition 1 of {}", l.0)),
+            "{err}"
+        );
         let mnt = fx.path("mnt");
         fs::create_dir(&mnt).unwrap();
-        run_ok(Command::new("mount").arg("-o").arg("ro").arg(&p2).arg(&mnt).output().unwrap());
+        run_ok(
+            Command::new("mount")
+                .arg("-o")
+                .arg("ro")
+                .arg(&p2)
+                .arg(&mnt)
+                .output()
+                .unwrap(),
+        );
         let err = run_err(write(&["--yes", "--force"], &image, &l.path()));
         let _ = Command::new("umount").arg(&mnt).status();
-        assert!(err.contains(&format!("{p2} is mounted at {}", mnt.display())), "{err}");
+        assert!(
+            err.contains(&format!("{p2} is mounted at {}", mnt.display())),
+            "{err}"
+        );
     } else {
-        assert!(std::env::var_os("CI").is_none(), "loop partitions are required in CI");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "loop partitions are required in CI"
+        );
         eprintln!("note: the kernel made no loop partitions; mounted-partition check not run");
     }
 
     // Loop devices are not removable: --force is needed, then it works.
     let err = run_err(write(&["--yes"], &image, &l.path()));
-    assert!(err.contains("non-removable) disk") && err.contains("use --force"), "{err}");
+    assert!(
+        err.contains("non-removable) disk") && err.contains("use --force"),
+        "{err}"
+    );
     let o = write(&["--yes", "--force", "--json"], &image, &l.path());
     let stdout = String::from_utf8(o.stdout.clone()).unwrap();
     run_ok(o);
     let s: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(s["verified"], true);
     assert_eq!(s["backup_gpt_moved"], true);
-    let v = run_ok(Command::new("sgdisk").arg("-v").arg(&l.path()).output().unwrap());
+    assert_eq!(
+        s["direct_io"], true,
+        "block devices are written with O_DIRECT"
+    );
+    let v = run_ok(
+        Command::new("sgdisk")
+            .arg("-v")
+            .arg(l.path())
+            .output()
+            .unwrap(),
+    );
     assert!(v.contains("No problems found"), "{v}");
     drop(l);
     check_target(&fx, &out, &back);
@@ -469,14 +657,70 @@ fn an_io_error_on_a_loop_device_names_the_offset() {
     // device's writes fail with an I/O error past that.
     let small = Tmpfs::new(fx.path("small"), 8);
     let back = small.0.join("back");
-    File::create(&back).unwrap().set_len(2 * image_size(&out)).unwrap();
+    File::create(&back)
+        .unwrap()
+        .set_len(2 * image_size(&out))
+        .unwrap();
     let Some(l) = Loop::new(&back, false) else {
         assert!(std::env::var_os("CI").is_none(), "losetup failed in CI");
         return;
     };
-    let err = run_err(write(&["--yes", "--force"], &out.join("tiny.raw.zst"), &l.path()));
+    let err = run_err(write(
+        &["--yes", "--force"],
+        &out.join("tiny.raw.zst"),
+        &l.path(),
+    ));
     drop(l);
     let re = regex::Regex::new(r"(writing to \S+ failed at offset (\d+)|flushing \S+ failed: the writes between offsets (\d+) and (\d+))").unwrap();
     assert!(re.is_match(&err), "no offset: {err}");
     assert!(err.contains("error"), "{err}");
+}
+
+#[test]
+fn asks_on_a_terminal() {
+    if !tools() || !have("script") {
+        return;
+    }
+    let (fx, out) = built();
+    let target = fx.path("old.img");
+    garbage_file(&target, 1 << 20);
+    // `script` gives airlock a terminal; the answer comes on it.
+    let line = format!(
+        "{} write {} {}",
+        env!("CARGO_BIN_EXE_airlock"),
+        out.join("tiny.raw").display(),
+        target.display()
+    );
+    let ask = |answer: &str| {
+        let mut c = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(answer.as_bytes())
+            .unwrap();
+        let o = c.wait_with_output().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let (ok, log) = ask("no\n");
+    assert!(
+        !ok && log.contains("Type \"yes\"") && log.contains("not confirmed"),
+        "{log}"
+    );
+    assert_eq!(
+        fs::metadata(&target).unwrap().len(),
+        1 << 20,
+        "written without a yes"
+    );
+    let (ok, log) = ask("yes\n");
+    assert!(ok, "{log}");
+    assert_eq!(fs::metadata(&target).unwrap().len(), image_size(&out));
 }

@@ -97,9 +97,11 @@ pub(crate) fn bit_runs(bits: &[u8], nbits: u64) -> Vec<(u64, u64)> {
 mod tests {
     use super::*;
 
+    type Ranges<'a> = &'a [(u64, u64)];
+
     #[test]
     fn normalize_merges_overlapping_and_touching() {
-        let cases: &[(&str, &[(u64, u64)], &[(u64, u64)])] = &[
+        let cases: &[(&str, Ranges, Ranges)] = &[
             ("empty", &[], &[]),
             (
                 "disjoint, unsorted",
@@ -129,7 +131,7 @@ mod tests {
 
     #[test]
     fn bit_runs_cases() {
-        let cases: &[(&str, &[u8], u64, &[(u64, u64)])] = &[
+        let cases: &[(&str, &[u8], u64, Ranges)] = &[
             ("none", &[0, 0], 16, &[]),
             ("all", &[0xff, 0xff], 16, &[(0, 16)]),
             ("lsb first", &[0b0000_0110], 8, &[(1, 2)]),

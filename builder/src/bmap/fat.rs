@@ -153,7 +153,7 @@ mod tests {
         let len = 40u64 << 20;
         f.set_len(len).unwrap();
         let opts = fatfs::FormatVolumeOptions::new().fat_type(fatfs::FatType::Fat32);
-        fatfs::format_volume(&mut fscommon::StreamSlice::new(&f, 0, len).unwrap(), opts).unwrap();
+        fatfs::format_volume(fscommon::StreamSlice::new(&f, 0, len).unwrap(), opts).unwrap();
         {
             let fs = fatfs::FileSystem::new(
                 fscommon::StreamSlice::new(&f, 0, len).unwrap(),

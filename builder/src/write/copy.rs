@@ -10,7 +10,10 @@
 //! looks bootable. The read-back reads every written range from the target
 //! (past the page cache) and compares its sha256 with what was written.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
@@ -22,9 +25,16 @@ use super::target::{AlignedBuf, Target};
 use crate::bmap::Bmap;
 
 /// Bytes per read and write.
+/// Bytes per read and write of the copy: small enough that a chunk read
+/// from the page cache is still in the CPU cache when it is hashed and
+/// written (4 MiB chunks made the copy half as fast).
 pub(crate) const CHUNK: usize = 1 << 20;
+/// Bytes per read of the read-back, which bypasses the page cache.
+const READ_BACK_CHUNK: usize = 4 << 20;
 /// Chunks in flight between the threads.
 const DEPTH: usize = 4;
+/// Threads reading the target back.
+const READERS: usize = 3;
 /// With O_DIRECT writes, flush at least this often, so a failed flush names
 /// a bounded range. (Buffered writes are left to the kernel's writeback and
 /// flushed once: flushing every so often would stall the pipeline.)
@@ -54,17 +64,29 @@ pub(crate) struct Names<'a> {
     pub(crate) target: &'a str,
 }
 
+/// A chunk of range `range` of the block map, as read from the image.
 enum Msg {
-    Chunk { off: u64, n: usize, buf: AlignedBuf },
-    Range(Check),
+    Chunk {
+        range: usize,
+        last: bool,
+        off: u64,
+        n: usize,
+        buf: AlignedBuf,
+    },
+}
+
+/// `[off, off + len)` in pieces of at most `size` bytes.
+fn pieces(off: u64, len: u64, size: usize) -> impl Iterator<Item = (u64, usize)> {
+    let end = off + len;
+    let size = size as u64;
+    (0..len.div_ceil(size)).map(move |i| {
+        let s = off + i * size;
+        (s, (end - s).min(size) as usize)
+    })
 }
 
 fn chunks(off: u64, len: u64) -> impl Iterator<Item = (u64, usize)> {
-    let end = off + len;
-    (0..len.div_ceil(CHUNK as u64)).map(move |i| {
-        let s = off + i * CHUNK as u64;
-        (s, (end - s).min(CHUNK as u64) as usize)
-    })
+    pieces(off, len, CHUNK)
 }
 
 fn is_zero(b: &[u8]) -> bool {
@@ -75,65 +97,90 @@ fn is_zero(b: &[u8]) -> bool {
         && rest.iter().all(|&x| x == 0)
 }
 
-/// Reads every mapped range, checks it against the map and sends it on.
+/// Reads (or decompresses) every mapped range and sends it on in chunks;
+/// the hashing is left to the other thread, so that on two cores
+/// decompressing and hashing run side by side.
 fn read_ranges(
     source: &mut dyn Source,
     bmap: &Bmap,
-    reloc: Option<&Relocation>,
-    names: &Names,
     tx: &SyncSender<Result<Msg>>,
     pool: &Receiver<AlignedBuf>,
 ) -> Result<()> {
-    for r in &bmap.ranges {
+    for (range, r) in bmap.ranges.iter().enumerate() {
         let (start, len) = bmap.bytes(r);
-        let mut src = Sha256::new();
-        let mut patched = reloc
-            .filter(|p| p.touches(start, len))
-            .map(|_| Sha256::new());
-        for (off, n) in chunks(start, len) {
+        let parts: Vec<_> = chunks(start, len).collect();
+        let last = parts.len() - 1;
+        for (k, (off, n)) in parts.into_iter().enumerate() {
             let Ok(mut buf) = pool.recv() else {
                 return Ok(());
             };
             source.read_at(off, buf.get_mut(n))?;
-            src.update(buf.get(n));
-            if let (Some(p), Some(h)) = (reloc, patched.as_mut()) {
-                p.apply(off, buf.get_mut(n));
-                h.update(buf.get(n));
-            }
-            if tx.send(Ok(Msg::Chunk { off, n, buf })).is_err() {
+            let msg = Msg::Chunk {
+                range,
+                last: k == last,
+                off,
+                n,
+                buf,
+            };
+            if tx.send(Ok(msg)).is_err() {
                 return Ok(());
             }
         }
+    }
+    source.check_end(bmap.image_size)
+}
+
+/// Hashes a range's chunks as they pass: the image's bytes, checked against
+/// the block map, and (where the GPT is patched) the bytes written.
+struct RangeHash<'a> {
+    bmap: &'a Bmap,
+    reloc: Option<&'a Relocation>,
+    names: &'a Names<'a>,
+    src: Sha256,
+    patched: Option<Sha256>,
+}
+
+impl RangeHash<'_> {
+    /// Hashes `buf` (the chunk at `off` of range `r`), patches it, and at
+    /// the range's end returns what the read-back must find there.
+    fn chunk(&mut self, r: usize, last: bool, off: u64, buf: &mut [u8]) -> Result<Option<Check>> {
+        let (bmap, names) = (self.bmap, self.names);
+        let range = &bmap.ranges[r];
+        let (start, len) = bmap.bytes(range);
+        self.src.update(&*buf);
+        if let Some(p) = self.reloc.filter(|p| p.touches(start, len)) {
+            p.apply(off, buf);
+            self.patched.get_or_insert_with(Sha256::new).update(&*buf);
+        }
+        if !last {
+            return Ok(None);
+        }
+        let src = std::mem::take(&mut self.src);
+        let patched = self.patched.take();
         let got = hex::encode(src.finalize());
-        if got != r.sha256 {
+        if got != range.sha256 {
             bail!(
                 "{} does not match its block map: blocks {}-{} (bytes {start} to {}) have sha256 \
                  {got} but the map says {}; the image or the map is damaged",
                 names.image,
-                r.first,
-                r.last,
+                range.first,
+                range.last,
                 start + len,
-                r.sha256
+                range.sha256
             );
         }
         let sha256 = match patched {
             Some(h) => h.finalize().into(),
-            None => hex_32(&r.sha256)?,
+            None => hex_32(&range.sha256)?,
         };
-        let what = format!("blocks {}-{}", r.first, r.last);
-        if tx
-            .send(Ok(Msg::Range(Check {
-                off: start,
-                len,
-                sha256,
-                what,
-            })))
-            .is_err()
-        {
-            return Ok(());
-        }
+        let what = format!("blocks {}-{}", range.first, range.last);
+        Ok(Some(Check {
+            off: start,
+            len,
+            sha256,
+            what,
+        }))
     }
-    source.check_end(bmap.image_size)
 }
 
 fn hex_32(s: &str) -> Result<[u8; 32]> {
@@ -190,43 +237,55 @@ pub(crate) fn copy(
         }
         let src = &mut source;
         s.spawn(move || {
-            if let Err(e) = read_ranges(src.as_mut(), bmap, reloc, names, &tx, &pool) {
+            if let Err(e) = read_ranges(src.as_mut(), bmap, &tx, &pool) {
                 let _ = tx.send(Err(e));
             }
         });
+        let mut hash = RangeHash {
+            bmap,
+            reloc,
+            names,
+            src: Sha256::new(),
+            patched: None,
+        };
         for msg in rx {
-            match msg? {
-                Msg::Range(c) => out.checks.push(c),
-                Msg::Chunk { off, n, buf } => {
-                    bar.inc(n as u64);
-                    let Some(t) = target.as_deref_mut() else {
-                        let _ = ret.send(buf);
-                        continue;
-                    };
-                    if off == 0 {
-                        held = Some((buf, n));
-                        let _ = ret.send(AlignedBuf::new(CHUNK));
-                        continue;
-                    }
-                    let data = buf.get(n);
-                    let zeroed = is_zero(data)
-                        && t.zero(off, n as u64)
-                            .map_err(|e| write_err(names, off, n, e))?;
-                    if zeroed {
-                        out.zeroed += n as u64;
-                    } else {
-                        t.write_at(data, off)
-                            .map_err(|(o, e)| write_err(names, o, n, e))?;
-                        out.written += n as u64;
-                    }
-                    last_end = off + n as u64;
-                    if t.writes_through() && last_end - synced_to >= SYNC_EVERY {
-                        flush(t, names, synced_to, last_end)?;
-                        synced_to = last_end;
-                    }
-                    let _ = ret.send(buf);
-                }
+            let Msg::Chunk {
+                range,
+                last,
+                off,
+                n,
+                mut buf,
+            } = msg?;
+            if let Some(c) = hash.chunk(range, last, off, buf.get_mut(n))? {
+                out.checks.push(c);
             }
+            bar.inc(n as u64);
+            let Some(t) = target.as_deref_mut() else {
+                let _ = ret.send(buf);
+                continue;
+            };
+            if off == 0 {
+                held = Some((buf, n));
+                let _ = ret.send(AlignedBuf::new(CHUNK));
+                continue;
+            }
+            let data = buf.get(n);
+            let zeroed = is_zero(data)
+                && t.zero(off, n as u64)
+                    .map_err(|e| write_err(names, off, n, e))?;
+            if zeroed {
+                out.zeroed += n as u64;
+            } else {
+                t.write_at(data, off)
+                    .map_err(|(o, e)| write_err(names, o, n, e))?;
+                out.written += n as u64;
+            }
+            last_end = off + n as u64;
+            if t.writes_through() && last_end - synced_to >= SYNC_EVERY {
+                flush(t, names, synced_to, last_end)?;
+                synced_to = last_end;
+            }
+            let _ = ret.send(buf);
         }
         Ok(())
     })?;
@@ -271,6 +330,9 @@ pub(crate) struct Mismatch {
 }
 
 /// Reads every checked range back from `target` and compares sha256s.
+///
+/// [`READERS`] threads read chunks (keeping several reads in flight, which
+/// most devices need for full speed); this thread hashes them in order.
 pub(crate) fn read_back(
     target: &mut dyn Target,
     checks: &[Check],
@@ -280,48 +342,84 @@ pub(crate) fn read_back(
     target
         .drop_cache()
         .map_err(|e| anyhow!("dropping the cached pages of {}: {e}", names.target))?;
+    let target: &dyn Target = target;
+    // Every chunk, in order: (check, is its last chunk, offset, length).
+    let work: Vec<(usize, bool, u64, usize)> = checks
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            let parts: Vec<_> = pieces(c.off, c.len, READ_BACK_CHUNK).collect();
+            let last = parts.len() - 1;
+            parts
+                .into_iter()
+                .enumerate()
+                .map(move |(k, (off, n))| (i, k == last, off, n))
+        })
+        .collect();
+    let next = AtomicUsize::new(0);
     let mut first: Option<Check> = None;
     let mut count = 0;
+    let (ret, pool) = channel::<AlignedBuf>();
+    for _ in 0..DEPTH + READERS {
+        ret.send(AlignedBuf::new(READ_BACK_CHUNK))
+            .expect("the pool is open");
+    }
+    let pool = Mutex::new(pool);
     std::thread::scope(|s| -> Result<()> {
-        let (tx, rx) = sync_channel::<Result<(usize, bool, AlignedBuf, usize)>>(DEPTH);
-        let (ret, pool) = channel::<AlignedBuf>();
-        for _ in 0..DEPTH + 2 {
-            ret.send(AlignedBuf::new(CHUNK)).expect("the pool is open");
+        // Owned here, so it is dropped (and blocked readers wake) before
+        // the scope waits for them.
+        let ret = ret;
+        let (tx, rx) = sync_channel::<Result<(usize, AlignedBuf)>>(DEPTH);
+        for _ in 0..READERS {
+            let (tx, pool, next, work) = (tx.clone(), &pool, &next, &work);
+            s.spawn(move || loop {
+                // A buffer first, then a chunk: the chunk the hasher waits
+                // for always has a buffer.
+                let Ok(mut buf) = pool.lock().expect("pool lock").recv() else {
+                    return;
+                };
+                let item = next.fetch_add(1, Ordering::SeqCst);
+                let Some(&(_, _, off, n)) = work.get(item) else {
+                    return;
+                };
+                let r = target
+                    .read_at(buf.get_mut(n), off)
+                    .map_err(|e| {
+                        anyhow!(
+                            "reading {} back at offset {off} ({n} bytes): {e}",
+                            names.target
+                        )
+                    })
+                    .map(|_| (item, buf));
+                let failed = r.is_err();
+                if tx.send(r).is_err() || failed {
+                    return;
+                }
+            });
         }
-        s.spawn(move || {
-            for (i, c) in checks.iter().enumerate() {
-                let parts: Vec<_> = chunks(c.off, c.len).collect();
-                let last = parts.len() - 1;
-                for (k, (off, n)) in parts.into_iter().enumerate() {
-                    let Ok(mut buf) = pool.recv() else { return };
-                    let r = target
-                        .read_at(buf.get_mut(n), off)
-                        .map_err(|e| {
-                            anyhow!(
-                                "reading {} back at offset {off} ({n} bytes): {e}",
-                                names.target
-                            )
-                        })
-                        .map(|_| (i, k == last, buf, n));
-                    let failed = r.is_err();
-                    if tx.send(r).is_err() || failed {
-                        return;
+        drop(tx);
+        let mut waiting: BTreeMap<usize, AlignedBuf> = BTreeMap::new();
+        let mut h = Sha256::new();
+        let mut want = 0;
+        for msg in rx {
+            let (item, buf) = msg?;
+            waiting.insert(item, buf);
+            while let Some(buf) = waiting.remove(&want) {
+                let (i, last, _, n) = work[want];
+                h.update(buf.get(n));
+                bar.inc(n as u64);
+                let _ = ret.send(buf);
+                if last {
+                    let got: [u8; 32] = std::mem::take(&mut h).finalize().into();
+                    if got != checks[i].sha256 {
+                        count += 1;
+                        first.get_or_insert_with(|| checks[i].clone());
                     }
                 }
+                want += 1;
             }
-        });
-        let mut h = Sha256::new();
-        for msg in rx {
-            let (i, last, buf, n) = msg?;
-            h.update(buf.get(n));
-            bar.inc(n as u64);
-            let _ = ret.send(buf);
-            if last {
-                let got: [u8; 32] = std::mem::take(&mut h).finalize().into();
-                if got != checks[i].sha256 {
-                    count += 1;
-                    first.get_or_insert_with(|| checks[i].clone());
-                }
+            if want == work.len() {
+                break;
             }
         }
         Ok(())
@@ -332,7 +430,7 @@ pub(crate) fn read_back(
 /// The first offset in `check` where the target's bytes differ from the
 /// `expected` ones, which `expected` fills chunk by chunk in order.
 pub(crate) fn first_difference(
-    target: &mut dyn Target,
+    target: &dyn Target,
     check: &Check,
     expected: &mut dyn FnMut(u64, &mut [u8]) -> Result<()>,
 ) -> Result<Option<u64>> {

@@ -181,7 +181,8 @@ fn open_target(o: &WriteOptions, host: &Host, kind: &Kind, image_size: u64) -> R
                     "{shown} is busy (mounted or claimed by another program) or cannot be opened"
                 ))
             })?;
-            let size = (&*target.file())
+            let size = target
+                .file()
                 .seek(SeekFrom::End(0))
                 .with_context(|| format!("finding the size of {shown}"))?;
             if size < image_size {
@@ -270,6 +271,9 @@ pub fn run(o: &WriteOptions) -> Result<Summary> {
         source::open(&o.image, format)?.check_end(bmap.image_size)?;
     }
     let kind = device::identify(&host, &o.device)?;
+    if same_file(&o.image, &o.device) {
+        bail!("{} is the image itself", o.device.display());
+    }
     if o.verify_only {
         return verify_only(o, &bmap, bmap_path, format, &kind, &progress);
     }
@@ -360,6 +364,14 @@ pub fn run(o: &WriteOptions) -> Result<Summary> {
         verified: o.verify,
         verify_seconds,
     })
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
 }
 
 fn copied_len(c: &Copied) -> u64 {
@@ -465,7 +477,8 @@ fn verify_only(
         bail!("{} does not exist", o.device.display());
     }
     let mut target = FileTarget::open_read(&o.device)?;
-    let size = (&*target.file())
+    let size = target
+        .file()
         .seek(SeekFrom::End(0))
         .with_context(|| format!("finding the size of {}", o.device.display()))?;
     if size < bmap.image_size {

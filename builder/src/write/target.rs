@@ -38,7 +38,7 @@ impl AlignedBuf {
 
 /// Where the image goes. Implemented by [`FileTarget`] and, in tests, by
 /// targets that fail on purpose.
-pub(crate) trait Target: Send {
+pub(crate) trait Target: Send + Sync {
     /// Writes all of `buf` at `off`; on failure, the offset the failing
     /// write started at.
     fn write_at(&mut self, buf: &[u8], off: u64) -> std::result::Result<(), (u64, io::Error)>;
@@ -46,7 +46,7 @@ pub(crate) trait Target: Send {
     /// when the target can (`Ok(false)`: it cannot, write them instead).
     fn zero(&mut self, off: u64, len: u64) -> io::Result<bool>;
     /// Fills `buf` from `off`, from the medium rather than a cache.
-    fn read_at(&mut self, buf: &mut [u8], off: u64) -> io::Result<()>;
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
     /// Flushes everything written to stable storage.
     fn sync(&mut self) -> io::Result<()>;
     /// Drops cached pages, so later reads come from the medium.
@@ -182,7 +182,7 @@ impl Target for FileTarget {
         }
     }
 
-    fn read_at(&mut self, buf: &mut [u8], off: u64) -> io::Result<()> {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
         match &self.direct {
             Some(d) if aligned(buf.as_ptr(), buf.len(), off) => d.read_exact_at(buf, off),
             _ => self.file.read_exact_at(buf, off),

@@ -33,7 +33,7 @@ impl Target for Mem {
     fn zero(&mut self, _: u64, _: u64) -> io::Result<bool> {
         Ok(false)
     }
-    fn read_at(&mut self, buf: &mut [u8], off: u64) -> io::Result<()> {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
         buf.copy_from_slice(&self.data[off as usize..off as usize + buf.len()]);
         Ok(())
     }
@@ -168,7 +168,7 @@ fn a_changed_byte_on_the_target_is_found() {
         Ok(())
     };
     assert_eq!(
-        first_difference(&mut t, &m.check, &mut expected).unwrap(),
+        first_difference(&t, &m.check, &mut expected).unwrap(),
         Some(bad as u64)
     );
 }

@@ -154,7 +154,8 @@ fn a_removable_unmounted_disk_is_accepted() {
 #[test]
 fn refusals() {
     type Setup = fn(&Fake);
-    let cases: &[(&str, Setup, &str, (u32, u32), bool, &str)] = &[
+    type Case<'a> = (&'a str, Setup, &'a str, (u32, u32), bool, &'a str);
+    let cases: &[Case] = &[
         (
             "partition",
             |_| {},
@@ -323,4 +324,36 @@ fn identify_files() {
     let err = identify(&host, Path::new("/dev/airlock-no-such-disk")).unwrap_err();
     assert!(format!("{err:#}").contains("no such device"), "{err:#}");
     assert!(!Path::new("/dev/airlock-no-such-disk").exists());
+}
+
+#[test]
+fn the_real_system_disk_is_refused() {
+    // Read-only: finds the disk under this machine's / and asks `check`
+    // about it; nothing is opened for writing.
+    let host = Host::real();
+    let info = fs::read_to_string(&host.mountinfo).unwrap();
+    let Some(root) = mounts(&info).into_iter().find(|m| m.point == "/") else {
+        return;
+    };
+    let disks = disks_under(&host, root.devno, 0);
+    let real: Vec<_> = disks
+        .iter()
+        .filter(|d| host.attr(d, "dev").is_some() && host.class(d).join("size").is_file())
+        .collect();
+    if real.is_empty() {
+        eprintln!(
+            "skipping: / is not on a block device here ({})",
+            root.source
+        );
+        return;
+    }
+    for d in real {
+        let devno = host
+            .attr(d, "dev")
+            .as_deref()
+            .and_then(parse_devno)
+            .unwrap();
+        let err = check(&host, Path::new(&format!("/dev/{d}")), d, devno, 1, true).unwrap_err();
+        assert!(format!("{err:#}").contains("running system's /"), "{err:#}");
+    }
 }
