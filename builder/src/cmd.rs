@@ -100,6 +100,41 @@ impl CommandRunExt for Command {
     }
 }
 
+/// Programs running right now, so an interrupted airlock can stop them
+/// instead of leaving mke2fs or QEMU running on their own.
+static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps a child in the list of running programs until dropped.
+pub(crate) struct Tracked(u32);
+
+pub(crate) fn track(child: &std::process::Child) -> Tracked {
+    let pid = child.id();
+    RUNNING.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+    Tracked(pid)
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let mut r = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        r.retain(|p| *p != self.0);
+    }
+}
+
+/// On Ctrl-C or SIGTERM: kill the programs airlock started, then exit 130.
+/// Temporary build folders left behind are removed by the next build.
+pub fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        let pids = RUNNING.lock().map(|r| r.clone()).unwrap_or_default();
+        for pid in pids {
+            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::Kill);
+            }
+        }
+        eprintln!("\nairlock: interrupted; nothing was written under a final name");
+        std::process::exit(130);
+    });
+}
+
 /// Starts a long-running program (a VM) whose output the caller streams.
 /// stdin is closed; stdout and stderr are as the caller set them.
 pub(crate) fn spawn_logged(cmd: &mut Command) -> Result<std::process::Child> {
@@ -120,6 +155,7 @@ fn run_inner(cmd: &mut Command) -> Result<Vec<u8>> {
         .env("LANG", "C.UTF-8")
         .env("LC_ALL", "C.UTF-8");
     let child = cmd.spawn().with_context(|| format!("starting {line}"))?;
+    let _running = track(&child);
     let out = child
         .wait_with_output()
         .with_context(|| format!("waiting for {line}"))?;
@@ -196,6 +232,7 @@ mod streaming {
             .env("LANG", "C.UTF-8")
             .env("LC_ALL", "C.UTF-8");
         let mut child = cmd.spawn().with_context(|| format!("starting {line}"))?;
+        let _running = super::track(&child);
         let stdin = child.stdin.take();
         let pipes: [(bool, Box<dyn Read + Send>); 2] = [
             (false, Box::new(child.stdout.take().expect("piped stdout"))),

@@ -5,7 +5,7 @@ pub mod bmap;
 pub mod boot;
 pub mod bundle;
 pub mod cli;
-pub(crate) mod cmd;
+pub mod cmd;
 pub mod disk;
 pub mod fetch;
 pub mod fs;

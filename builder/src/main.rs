@@ -18,6 +18,7 @@ fn main() {
         )
         .without_time()
         .init();
+    airlock::cmd::install_interrupt_handler();
     let result = match args.cmd {
         Cmd::Build(a) => cli::build(a),
         Cmd::Lock(a) => cli::lock(a),

@@ -125,7 +125,7 @@ pub fn build(opts: &BuildOptions) -> Result<Report> {
     let manifest = record_manifest(&cx, &root, &layout, &ids, &kernel, &esp, &st)?;
     // Last: nothing in the image may carry the build's wall-clock time.
     root.clamp_mtimes(cx.epoch)?;
-    check_fits(&root, &layout)?;
+    check_fits(&root, &layout, &cx.out)?;
     let raw_name = format!("{}.raw", cx.loaded.recipe.name.get_ref());
     let raw = staging.path(&raw_name);
     assemble_disk(&cx, &root, &raw, &layout, &ids, &esp)?;
@@ -270,8 +270,8 @@ fn layer_inputs(
         ));
         f.stats
     } else {
-        let reader =
-            extract::open_decompressed_reader(bar.wrap_read(open(&base.path)?), &base.path)?;
+        let (raw, check) = base.open_checked()?;
+        let reader = extract::open_decompressed_reader(bar.wrap_read(raw), &base.path)?;
         let opts = extract::ExtractOpts {
             dest: "/".into(),
             strip_components: 0,
@@ -279,7 +279,9 @@ fn layer_inputs(
             epoch: cx.epoch,
             keep_owner: true,
         };
-        extract::extract(root, reader, &opts, &format!("base {}", base.source))?
+        let stats = extract::extract(root, reader, &opts, &format!("base {}", base.source))?;
+        check.finish()?;
+        stats
     };
     bar.finish_and_clear();
     cx.progress.note(&format!(
@@ -308,8 +310,10 @@ fn layer_inputs(
             mtime: cx.epoch,
             xattrs: Vec::new(),
         };
-        root.write_file(&dest, &mut open(&res.path)?, &attrs)
+        let (mut reader, check) = res.open_checked()?;
+        root.write_file(&dest, &mut reader, &attrs)
             .with_context(|| format!("writing {dest} from {}", res.source))?;
+        check.finish()?;
         st.inputs.push((res, dest));
     }
     for a in &r.archives {
@@ -321,8 +325,10 @@ fn layer_inputs(
             epoch: cx.epoch,
             keep_owner: a.keep_owner,
         };
-        let reader = extract::open_decompressed(&res.path)?;
+        let (raw, check) = res.open_checked()?;
+        let reader = extract::open_decompressed_reader(raw, &res.path)?;
         let stats = extract::extract(root, reader, &opts, &format!("archive {}", res.source))?;
+        check.finish()?;
         if stats.entries == 0 {
             bail!(
                 "{}: archive {} gave no files for {dest}: check members and strip_components",
@@ -335,9 +341,6 @@ fn layer_inputs(
     Ok(())
 }
 
-fn open(p: &Path) -> Result<File> {
-    File::open(p).with_context(|| format!("opening {}", p.display()))
-}
 
 fn find_kernel(cx: &Context, root: &Root, st: &mut Staged) -> Result<Kernel> {
     let wanted = cx
@@ -467,12 +470,26 @@ fn copy_overlays(cx: &Context, root: &Root) -> Result<()> {
     cx.progress.step("copying overlays");
     for o in &cx.loaded.recipe.overlays {
         let dir = cx.loaded.resolve(o.get_ref());
+        if !dir.exists() {
+            bail!("{}: overlay {} does not exist", cx.loaded.at(o), dir.display());
+        }
         if !dir.is_dir() {
-            bail!(
-                "{}: overlay {} is not a directory",
-                cx.loaded.at(o),
-                dir.display()
-            );
+            bail!("{}: overlay {} is not a directory", cx.loaded.at(o), dir.display());
+        }
+        // An overlay holding the output or cache folder would copy the
+        // build into itself (and the cache into the image).
+        let overlay = dir.canonicalize().with_context(|| format!("resolving overlay {}", dir.display()))?;
+        for (what, p) in [("output folder", &cx.out), ("input cache", &cx.cache.root().to_path_buf())] {
+            if let Ok(p) = p.canonicalize() {
+                if p.starts_with(&overlay) {
+                    bail!(
+                        "{}: overlay {} contains the {what} {}: point the overlay at a folder of its own",
+                        cx.loaded.at(o),
+                        dir.display(),
+                        p.display()
+                    );
+                }
+            }
         }
         overlay::copy_dir(root, &dir, "/", cx.epoch)?;
     }
@@ -496,7 +513,7 @@ fn reset_identity(cx: &Context, root: &Root) -> Result<Vec<String>> {
 }
 
 /// mke2fs fails late and cryptically on a full filesystem: check first.
-fn check_fits(root: &Root, layout: &DiskLayout) -> Result<()> {
+fn check_fits(root: &Root, layout: &DiskLayout, out: &Path) -> Result<()> {
     let used = tree_usage(root.path())?;
     // ext4 keeps ~5% for metadata (inode tables, journal) at these sizes.
     let room = layout.root.size / 100 * 90;
@@ -506,6 +523,25 @@ fn check_fits(root: &Root, layout: &DiskLayout) -> Result<()> {
             used >> 20,
             room >> 20
         );
+    }
+    // The raw image is sparse, but mke2fs writes every inode table and the
+    // journal (about 2% of the root) and the tree is copied in again; the
+    // outputs then need about the same again. Refuse early rather than fill
+    // the build host's disk half-way through.
+    let need = used * 2 + layout.root.size / 50;
+    if let Ok(st) = rustix::fs::statvfs(out) {
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if need > free {
+            bail!(
+                "building needs about {} MiB free in {} but only {} MiB are: free space or pass \
+                 another --out (a [disk] size of {} needs {} MiB of metadata alone)",
+                need >> 20,
+                out.display(),
+                free >> 20,
+                crate::recipe::Size(layout.size),
+                (layout.root.size / 50) >> 20
+            );
+        }
     }
     Ok(())
 }

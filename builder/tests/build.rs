@@ -33,9 +33,11 @@ fn builds_a_checkable_reproducible_image() {
         "kernel choice is said: {log}"
     );
     let out = fx.path("out1");
+    // Hidden: the lock that keeps two builds out of one folder.
     let mut names: Vec<String> = fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != ".airlock.lock")
         .collect();
     names.sort();
     assert_eq!(
@@ -477,4 +479,16 @@ fn building_without_root_says_so() {
         .unwrap();
     let err = run_err(out);
     assert!(err.contains("needs root") && err.contains("sudo"), "{err}");
+}
+
+#[test]
+fn an_overlay_holding_the_output_folder_is_refused() {
+    if !tools() {
+        return;
+    }
+    let fx = Fixture::new();
+    let text = fx
+        .recipe_text()
+        .replace("overlays = [\"overlay\"]", "overlays = [\".\"]");
+    refused(&fx, &text, &["contains the", "point the overlay at a folder of its own"]);
 }

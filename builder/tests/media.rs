@@ -193,6 +193,25 @@ fn build_inspect_verify_round_trip_and_damage_is_named() {
     );
     assert_eq!(j["problems"], serde_json::json!([]));
 
+    // A corrupt root superblock is reported, and inspect fails.
+    let bad = raw.with_file_name("bad-super.raw");
+    std::fs::copy(&raw, &bad).unwrap();
+    let root_start = m["disk"]["root"]["start"].as_u64().unwrap();
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new().write(true).open(&bad).unwrap(),
+        &[0, 0],
+        root_start + 1024 + 0x38,
+    )
+    .unwrap();
+    let o = inspect(&[], &bad);
+    let shown = stdout(&o);
+    std::fs::remove_file(&bad).unwrap();
+    assert!(shown.contains("Problems"), "{shown}");
+    assert!(
+        !o.status.success(),
+        "inspect exited 0 with problems:\n{shown}"
+    );
+
     // --cat prints one file, byte for byte, following symlinks in the image.
     assert_eq!(
         inspect(&["--cat", "/etc/hostname"], &raw).stdout,
@@ -322,7 +341,7 @@ fn outputs(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| !n.ends_with(".bmap"))
+        .filter(|n| !n.ends_with(".bmap") && !n.starts_with('.'))
         .collect();
     names.sort();
     names

@@ -274,6 +274,71 @@ fn mismatch(w: &Wanted, file: &Path, actual: &str) -> String {
     )
 }
 
+/// A reader over a cached input that hashes what it passes on.
+pub struct CheckedReader {
+    inner: File,
+    state: std::sync::Arc<std::sync::Mutex<(Sha256, u64)>>,
+}
+
+impl Read for CheckedReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut st = self.state.lock().expect("hash state");
+        st.0.update(&buf[..n]);
+        st.1 += n as u64;
+        Ok(n)
+    }
+}
+
+/// Proves, once a [`CheckedReader`] is done, that the cached copy still had
+/// its pinned digest: the cache is verified as it is consumed, so a blob
+/// changed after it entered the cache cannot slip into an image.
+pub struct Check {
+    state: std::sync::Arc<std::sync::Mutex<(Sha256, u64)>>,
+    path: PathBuf,
+    what: String,
+    sha256: String,
+}
+
+impl Resolved {
+    /// Opens the cached copy for a single pass that is checked by [`Check::finish`].
+    pub fn open_checked(&self) -> Result<(CheckedReader, Check)> {
+        let inner = File::open(&self.path)
+            .with_context(|| format!("opening cached {} ({})", self.what, self.path.display()))?;
+        let state = std::sync::Arc::new(std::sync::Mutex::new((Sha256::new(), 0u64)));
+        Ok((
+            CheckedReader { inner, state: state.clone() },
+            Check { state, path: self.path.clone(), what: self.what.clone(), sha256: self.sha256.clone() },
+        ))
+    }
+}
+
+impl Check {
+    /// Hashes whatever the consumer did not read (tar padding, trailing
+    /// bytes) and compares with the pin.
+    pub fn finish(self) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let (mut hasher, read) = {
+            let st = self.state.lock().expect("hash state");
+            (st.0.clone(), st.1)
+        };
+        let mut f = File::open(&self.path).with_context(|| format!("reopening {}", self.path.display()))?;
+        f.seek(SeekFrom::Start(read)).with_context(|| format!("reading {}", self.path.display()))?;
+        io::copy(&mut f, &mut hasher).with_context(|| format!("reading {}", self.path.display()))?;
+        let actual = hex::encode(hasher.finalize());
+        if actual != self.sha256 {
+            bail!(
+                "the cached copy of {} ({}) has sha256 {actual}, not the pinned {}: the cache was \
+                 changed after it was verified; delete that file and build again",
+                self.what,
+                self.path.display(),
+                self.sha256
+            );
+        }
+        Ok(())
+    }
+}
+
 /// sha256 of a file, streamed.
 pub fn hash_file(path: &Path, progress: &indicatif::ProgressBar) -> Result<String> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -377,6 +442,26 @@ mod tests {
         fs::write(&f, b"two").unwrap();
         let err = cache.resolve(&w, &ProgressBar::hidden()).unwrap_err();
         assert!(format!("{err:#}").contains(&sha(b"two")));
+    }
+
+    #[test]
+    fn a_cache_blob_changed_after_verification_is_caught_on_use() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("in.bin");
+        fs::write(&f, b"the pinned bytes").unwrap();
+        let cache = Cache::new(d.path().join("cache"));
+        let r = cache.resolve(&wanted(&f, &sha(b"the pinned bytes")), &ProgressBar::hidden()).unwrap();
+        // Read part of it only: the rest is hashed by finish().
+        let (mut rd, check) = r.open_checked().unwrap();
+        let mut head = [0u8; 4];
+        rd.read_exact(&mut head).unwrap();
+        drop(rd);
+        check.finish().unwrap();
+        fs::write(&r.path, b"the pinned bytez").unwrap();
+        let (mut rd, check) = r.open_checked().unwrap();
+        io::copy(&mut rd, &mut io::sink()).unwrap();
+        let e = check.finish().unwrap_err().to_string();
+        assert!(e.contains("the cache was changed"), "{e}");
     }
 
     #[test]

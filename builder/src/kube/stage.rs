@@ -87,11 +87,13 @@ fn put(root: &Root, path: &str, text: &str, mode: u32, epoch: i64) -> Result<()>
     Ok(())
 }
 
-fn copy_in(root: &Root, from: &Path, to: &str, mode: u32, epoch: i64) -> Result<()> {
-    let mut f = File::open(from).with_context(|| format!("opening {}", from.display()))?;
+/// Copies a verified input into the root, checking the cached bytes as
+/// they are read.
+fn copy_in(root: &Root, res: &Resolved, to: &str, mode: u32, epoch: i64) -> Result<()> {
+    let (mut f, check) = res.open_checked()?;
     root.write_file(to, &mut f, &Attrs::root(mode, epoch))
-        .with_context(|| format!("writing {to} from {}", from.display()))?;
-    Ok(())
+        .with_context(|| format!("writing {to} from {}", res.path.display()))?;
+    check.finish()
 }
 
 /// Stages the node; `None` for a recipe without [kubernetes].
@@ -266,7 +268,7 @@ pub fn run(
     // Binaries.
     for name in ["kubeadm", "kubelet", "kubectl"] {
         let (res, dest) = input(&format!("kubernetes.{name}"))?;
-        copy_in(root, &res.path, dest, 0o755, epoch)?;
+        copy_in(root, res, dest, 0o755, epoch)?;
         out_inputs.push((res.clone(), dest.clone()));
     }
     let cni_bin_dirs = c.cni_bin_dirs.get_ref().clone();
@@ -393,7 +395,7 @@ pub fn run(
                 .iter()
                 .find(|(res, _)| res.sha256 == a.sha256)
                 .context("image archive input")?;
-            copy_in(root, &res.path, &a.file, 0o644, epoch).with_context(|| l.at(&img.source))?;
+            copy_in(root, res, &a.file, 0o644, epoch).with_context(|| l.at(&img.source))?;
         }
     }
     let images_json = ImagesJson {
@@ -441,7 +443,9 @@ pub fn run(
         secret_names.extend(["ca.crt", "ca.key"]);
     }
     let exe = std::env::current_exe().context("finding the running airlock binary")?;
-    copy_in(root, &exe, AIRLOCK_BIN, 0o755, epoch).context("copying airlock into the image")?;
+    let mut f = File::open(&exe).with_context(|| format!("opening {}", exe.display()))?;
+    root.write_file(AIRLOCK_BIN, &mut f, &Attrs::root(0o755, epoch))
+        .context("copying airlock into the image")?;
     root.mkdir_all("var/lib/airlock", epoch)?;
     for unit in [IMAGES_UNIT, KUBEADM_UNIT, ROUTE_UNIT] {
         put(
@@ -669,7 +673,7 @@ fn install_containerd(
         unpack(res, dest, &["bin/*"])?;
         out_inputs.push((res.clone(), format!("{dest}/bin")));
         let (res, dest) = input("containerd.runc").context("containerd.runc was not resolved")?;
-        copy_in(root, &res.path, dest, 0o755, epoch)?;
+        copy_in(root, res, dest, 0o755, epoch)?;
         out_inputs.push((res.clone(), dest.clone()));
         let unit = renderer.render("kube/containerd.service.j2", &json!({}))?;
         put(

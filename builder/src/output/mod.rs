@@ -11,7 +11,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 /// A writer that hashes what passes through it.
@@ -131,15 +131,42 @@ pub struct Staging {
     out: PathBuf,
     created_out: bool,
     committed: bool,
+    /// Held for the whole build: one build at a time per output folder.
+    _lock: File,
 }
+
+const LOCK_NAME: &str = ".airlock.lock";
+const TMP_PREFIX: &str = ".airlock-tmp-";
 
 impl Staging {
     pub fn new(out: &Path) -> Result<Staging> {
         let created_out = !out.exists();
+        if out.exists() && !out.is_dir() {
+            bail!("output folder {} exists and is not a folder: pass another --out", out.display());
+        }
         fs::create_dir_all(out)
             .with_context(|| format!("creating output folder {}", out.display()))?;
+        let lock_path = out.join(LOCK_NAME);
+        let lock = File::create(&lock_path)
+            .with_context(|| format!("creating {}", lock_path.display()))?;
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            bail!(
+                "another airlock build is writing to {} right now: wait for it or pass another --out",
+                out.display()
+            );
+        }
+        // Holding the lock, any temporary folder left here belongs to a
+        // build that was killed: remove it so it does not pile up.
+        if let Ok(rd) = fs::read_dir(out) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                    tracing::info!("removing {} left by an interrupted build", e.path().display());
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let dir = tempfile::Builder::new()
-            .prefix(".airlock-tmp-")
+            .prefix(TMP_PREFIX)
             .tempdir_in(out)
             .with_context(|| format!("creating a temporary folder in {}", out.display()))?;
         Ok(Staging {
@@ -147,6 +174,7 @@ impl Staging {
             out: out.to_path_buf(),
             created_out,
             committed: false,
+            _lock: lock,
         })
     }
 
@@ -159,9 +187,25 @@ impl Staging {
         self.dir.path()
     }
 
-    /// Renames files to their final names, in the order given (the
-    /// manifest and checksums last, so their presence means "complete").
+    /// Gives the new files their final names. The previous build's
+    /// `SHA256SUMS` and `manifest.json` go first (so a half-done commit is
+    /// never mistaken for a complete set), then every file the previous
+    /// build listed that this one does not make (no stale qcow2 beside a
+    /// new manifest), then the new files in the order given, with the
+    /// manifest and checksums last: their presence means "complete".
     pub fn commit(mut self, names: &[&str]) -> Result<()> {
+        let old_sums = fs::read_to_string(self.out.join("SHA256SUMS")).unwrap_or_default();
+        for marker in ["SHA256SUMS", "manifest.json"] {
+            remove_if_file(&self.out.join(marker))?;
+        }
+        for line in old_sums.lines() {
+            let Some((_, name)) = line.split_once("  ") else { continue };
+            let name = name.trim_start_matches('*');
+            let plain = !name.is_empty() && !name.contains('/') && !name.starts_with('.');
+            if plain && !names.contains(&name) {
+                remove_if_file(&self.out.join(name))?;
+            }
+        }
         for n in names {
             let from = self.path(n);
             let to = self.out.join(n);
@@ -176,6 +220,17 @@ impl Staging {
     }
 }
 
+fn remove_if_file(p: &Path) -> Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => bail!(
+            "{} is a folder where airlock writes a file: move it away",
+            p.display()
+        ),
+        Ok(_) => fs::remove_file(p).with_context(|| format!("removing the previous {}", p.display())),
+        Err(_) => Ok(()),
+    }
+}
+
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.committed && self.created_out {
@@ -183,6 +238,7 @@ impl Drop for Staging {
             // the output folder too if this build created it and it is
             // otherwise empty.
             let _ = fs::remove_dir_all(self.dir.path());
+            let _ = fs::remove_file(self.out.join(LOCK_NAME));
             let _ = fs::remove_dir(&self.out);
         }
     }
@@ -219,6 +275,28 @@ mod tests {
     }
 
     #[test]
+    fn commit_replaces_the_previous_set_and_one_build_at_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        let s = Staging::new(&out).unwrap();
+        for n in ["a.raw", "a.qcow2", "SHA256SUMS"] {
+            fs::write(s.path(n), n).unwrap();
+        }
+        fs::write(s.path("SHA256SUMS"), "11  a.raw\n22  a.qcow2\n").unwrap();
+        s.commit(&["a.raw", "a.qcow2", "SHA256SUMS"]).unwrap();
+        let s = Staging::new(&out).unwrap();
+        // A second build into the same folder at the same time is refused.
+        let err = Staging::new(&out).err().unwrap().to_string();
+        assert!(err.contains("another airlock build"), "{err}");
+        fs::write(s.path("b.raw"), "b").unwrap();
+        fs::write(s.path("SHA256SUMS"), "33  b.raw\n").unwrap();
+        s.commit(&["b.raw", "SHA256SUMS"]).unwrap();
+        assert!(!out.join("a.qcow2").exists(), "stale output of the previous build kept");
+        assert!(!out.join("a.raw").exists());
+        assert_eq!(fs::read_to_string(out.join("SHA256SUMS")).unwrap(), "33  b.raw\n");
+    }
+
+    #[test]
     fn uncommitted_staging_leaves_nothing() {
         let d = tempfile::tempdir().unwrap();
         let out = d.path().join("out");
@@ -235,10 +313,11 @@ mod tests {
         fs::write(s.path("x.raw"), b"whole").unwrap();
         s.commit(&["x.raw"]).unwrap();
         assert_eq!(fs::read(out.join("x.raw")).unwrap(), b"whole");
-        assert_eq!(
-            fs::read_dir(&out).unwrap().count(),
-            1,
-            "temp folder left behind"
-        );
+        let mut left: Vec<_> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".airlock.lock", "x.raw"], "temp folder left behind");
     }
 }

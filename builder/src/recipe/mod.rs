@@ -405,6 +405,7 @@ pub fn parse(path: &Path, text: String) -> Result<Loaded> {
 /// Checks what serde cannot: digests, names, exclusive keys, destinations.
 fn validate(l: &Loaded) -> Result<()> {
     let r = &l.recipe;
+    no_control_chars(l)?;
     let name = r.name.get_ref();
     if name.is_empty()
         || !name
@@ -486,6 +487,20 @@ fn validate(l: &Loaded) -> Result<()> {
                 l.at(&u.name)
             );
         }
+        if let Some(h) = &u.password_hash {
+            if h.is_empty() || h.contains(':') || h.chars().any(char::is_whitespace) {
+                bail!(
+                    "{}: user {n}: password_hash must be one crypt(3) hash (e.g. from `mkpasswd -m yescrypt`) \
+                     without ':' or spaces; leave it out for key-only login",
+                    l.at(&u.name)
+                );
+            }
+        }
+        for g in &u.groups {
+            if g.is_empty() || !g.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
+                bail!("{}: user {n}: group {g:?} is not a group name", l.at(&u.name));
+            }
+        }
         for k in &u.ssh_authorized_keys {
             if k.contains('\n') || k.split_whitespace().count() < 2 {
                 bail!(
@@ -511,6 +526,46 @@ fn validate(l: &Loaded) -> Result<()> {
         }
     }
     crate::kube::spec::validate(l)?;
+    Ok(())
+}
+
+/// Values end up in line-oriented system files (shadow, boot entries,
+/// unit files): a control character could add a line of its own there, so
+/// none is accepted outside `[vars]`, whose use is up to the templates.
+fn no_control_chars(l: &Loaded) -> Result<()> {
+    fn walk(v: &toml::Value, path: &str, out: &mut Option<String>) {
+        if out.is_some() {
+            return;
+        }
+        match v {
+            toml::Value::String(s) if s.chars().any(char::is_control) => *out = Some(path.to_string()),
+            toml::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    walk(x, &format!("{path}[{i}]"), out);
+                }
+            }
+            toml::Value::Table(t) => {
+                for (k, x) in t {
+                    if path.is_empty() && k == "vars" {
+                        continue;
+                    }
+                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    walk(x, &p, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let value: toml::Value = toml::from_str(&l.text)?;
+    let mut found = None;
+    walk(&value, "", &mut found);
+    if let Some(key) = found {
+        bail!(
+            "{}: {key} contains a control character (newline, tab, ...): values are written into \
+             line-oriented system files, so only [vars] may hold them",
+            l.path.display()
+        );
+    }
     Ok(())
 }
 

@@ -30,6 +30,18 @@ impl Renderer {
             }
             if let Some(dir) = &extra {
                 let p = dir.join(name);
+                // A template is read from the recipe's folder only: a link
+                // out of it (to /etc/shadow, say) would bake a host file in.
+                let inside = match (p.canonicalize(), dir.canonicalize()) {
+                    (Ok(f), Ok(d)) => f.starts_with(d),
+                    _ => true,
+                };
+                if !inside {
+                    return Err(minijinja::Error::new(
+                        minijinja::ErrorKind::InvalidOperation,
+                        format!("template {} leads out of the template folder {}", p.display(), dir.display()),
+                    ));
+                }
                 if p.is_file() {
                     return std::fs::read_to_string(&p).map(Some).map_err(|e| {
                         minijinja::Error::new(
@@ -109,6 +121,19 @@ mod tests {
         std::fs::write(p, "shadowed {{ x }}").unwrap();
         let r = Renderer::new(Some(d.path().to_path_buf()));
         assert_eq!(r.render(name, &json!({"x": 1})).unwrap(), "shadowed 1");
+    }
+
+    #[test]
+    fn a_template_linking_out_of_its_folder_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let secret = d.path().join("host-secret");
+        std::fs::write(&secret, "root:hash").unwrap();
+        let t = d.path().join("templates");
+        std::fs::create_dir(&t).unwrap();
+        std::os::unix::fs::symlink(&secret, t.join("x.j2")).unwrap();
+        let r = Renderer::new(Some(t));
+        let err = r.render("x.j2", &json!({})).unwrap_err().to_string();
+        assert!(err.contains("leads out of the template folder"), "{err}");
     }
 
     #[test]

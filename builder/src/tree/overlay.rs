@@ -41,7 +41,10 @@ fn copy_tree(root: &Root, src: &Path, dest: &Rel, epoch: i64) -> Result<u64> {
         let to = dest.join_name(&entry.file_name());
         let meta = fs::symlink_metadata(&path)
             .with_context(|| format!("reading overlay file {}", path.display()))?;
-        let attrs = Attrs::root(meta.permissions().mode() & 0o7777, epoch);
+        // Files become root's: a setuid/setgid bit that meant "run as the
+        // checkout's owner" must not turn into "run as root". A recipe that
+        // wants one says so with a [[file]] mode.
+        let attrs = Attrs::root(meta.permissions().mode() & 0o1777, epoch);
         let ft = meta.file_type();
         if ft.is_dir() {
             root.mkdir_rel(&to, &attrs, Existing::Keep)?;
@@ -112,7 +115,7 @@ mod tests {
             (motd.mode() & 0o7777, motd.uid(), motd.gid(), motd.mtime()),
             (0o640, 0, 0, 777)
         );
-        assert_eq!(m("var/opt/tool/bin/x").mode() & 0o7777, 0o4755);
+        assert_eq!(m("var/opt/tool/bin/x").mode() & 0o7777, 0o755, "setuid root from a checkout");
         assert!(root.is_symlink("opt") && root.is_symlink("motd-link"));
         assert_eq!(root.read("motd-link").unwrap().unwrap(), b"hello\n");
         for (p, want) in [
