@@ -159,14 +159,13 @@ fn context(opts: &BuildOptions) -> Result<Context> {
             .unwrap_or(&loaded.recipe.disk.formats),
     );
     formats::require_tools(&formats)?;
-    let kube = loaded.recipe.kubernetes.is_some();
     Ok(Context {
         loaded,
         epoch,
         out,
         formats,
         cache,
-        progress: Progress::new(12 + if kube { 2 } else { 0 }),
+        progress: Progress::new(),
     })
 }
 

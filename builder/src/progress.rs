@@ -8,16 +8,14 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub struct Progress {
-    total: usize,
     n: Cell<usize>,
     start: Instant,
     quiet: bool,
 }
 
 impl Progress {
-    pub fn new(total: usize) -> Progress {
+    pub fn new() -> Progress {
         Progress {
-            total,
             n: Cell::new(0),
             start: Instant::now(),
             quiet: false,
@@ -25,20 +23,20 @@ impl Progress {
     }
 
     /// No output at all (library use, tests).
-    pub fn quiet(total: usize) -> Progress {
+    pub fn quiet() -> Progress {
         Progress {
             quiet: true,
-            ..Progress::new(total)
+            ..Progress::new()
         }
     }
 
     pub fn step(&self, what: &str) {
         self.n.set(self.n.get() + 1);
         if !self.quiet {
+            // No "of N": how many steps a build has depends on the recipe.
             eprintln!(
-                "airlock: [{}/{}] {what} ({:.1}s)",
-                self.n.get().min(self.total),
-                self.total,
+                "airlock: [{}] {what} ({:.1}s)",
+                self.n.get(),
                 self.start.elapsed().as_secs_f64()
             );
         }

@@ -102,9 +102,9 @@ pub fn bundle(opts: &BundleOptions) -> Result<Written> {
         })
         .sum();
     let progress = if opts.quiet {
-        crate::progress::Progress::quiet(1)
+        crate::progress::Progress::quiet()
     } else {
-        crate::progress::Progress::new(1)
+        crate::progress::Progress::new()
     };
     let bar = progress.bytes(total, "bundle");
     let mut split = parts::SplitWriter::new(&opts.output, opts.split);

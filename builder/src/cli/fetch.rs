@@ -171,7 +171,7 @@ pub fn unbundle(file: &std::path::Path, cache: &Option<PathBuf>) -> Result<PathB
         .unwrap_or_else(|| "bundle".into());
     let dest = PathBuf::from("out/from-bundle").join(stem);
     let cache = crate::inputs::Cache::new(cache_dir(cache));
-    let progress = crate::progress::Progress::new(2);
+    let progress = crate::progress::Progress::new();
     let u = crate::bundle::unpack(file, &cache, &dest, &progress)?;
     eprintln!(
         "airlock: bundle {} checked: {} files, {} inputs; recipe {}",

@@ -115,7 +115,7 @@ pub fn pin_url(
         tracing::info!("{what}: sha256 {sha} from {sum_url}");
         return Ok((sha, "published"));
     }
-    let bar = crate::progress::Progress::new(1).bytes(0, what);
+    let bar = crate::progress::Progress::new().bytes(0, what);
     let got = download::download(
         http,
         cache,

@@ -137,7 +137,7 @@ pub fn lock(
                 (l.sha256.clone(), "kept")
             }
             (_, Source::Path(p)) => {
-                let bar = crate::progress::Progress::new(1)
+                let bar = crate::progress::Progress::new()
                     .bytes(std::fs::metadata(p).map(|m| m.len()).unwrap_or(0), &i.what);
                 let s = crate::inputs::hash_file(p, &bar)
                     .with_context(|| format!("{}: locking {}", i.at, i.what))?;
