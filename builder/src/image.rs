@@ -269,7 +269,7 @@ fn decompress(path: &Path, file: File, len: u64, progress: bool) -> Result<Image
         )
     })?;
     let bar = if progress {
-        crate::progress::Progress::new(0).bytes(len, "decompressing")
+        crate::progress::Progress::new().bytes(len, "decompressing")
     } else {
         indicatif::ProgressBar::hidden()
     };

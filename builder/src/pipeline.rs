@@ -340,7 +340,6 @@ fn layer_inputs(
     Ok(())
 }
 
-
 fn find_kernel(cx: &Context, root: &Root, st: &mut Staged) -> Result<Kernel> {
     let wanted = cx
         .loaded
@@ -470,15 +469,28 @@ fn copy_overlays(cx: &Context, root: &Root) -> Result<()> {
     for o in &cx.loaded.recipe.overlays {
         let dir = cx.loaded.resolve(o.get_ref());
         if !dir.exists() {
-            bail!("{}: overlay {} does not exist", cx.loaded.at(o), dir.display());
+            bail!(
+                "{}: overlay {} does not exist",
+                cx.loaded.at(o),
+                dir.display()
+            );
         }
         if !dir.is_dir() {
-            bail!("{}: overlay {} is not a directory", cx.loaded.at(o), dir.display());
+            bail!(
+                "{}: overlay {} is not a directory",
+                cx.loaded.at(o),
+                dir.display()
+            );
         }
         // An overlay holding the output or cache folder would copy the
         // build into itself (and the cache into the image).
-        let overlay = dir.canonicalize().with_context(|| format!("resolving overlay {}", dir.display()))?;
-        for (what, p) in [("output folder", &cx.out), ("input cache", &cx.cache.root().to_path_buf())] {
+        let overlay = dir
+            .canonicalize()
+            .with_context(|| format!("resolving overlay {}", dir.display()))?;
+        for (what, p) in [
+            ("output folder", &cx.out),
+            ("input cache", &cx.cache.root().to_path_buf()),
+        ] {
             if let Ok(p) = p.canonicalize() {
                 if p.starts_with(&overlay) {
                     bail!(

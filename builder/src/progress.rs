@@ -13,6 +13,12 @@ pub struct Progress {
     quiet: bool,
 }
 
+impl Default for Progress {
+    fn default() -> Self {
+        Progress::new()
+    }
+}
+
 impl Progress {
     pub fn new() -> Progress {
         Progress {

@@ -490,5 +490,9 @@ fn an_overlay_holding_the_output_folder_is_refused() {
     let text = fx
         .recipe_text()
         .replace("overlays = [\"overlay\"]", "overlays = [\".\"]");
-    refused(&fx, &text, &["contains the", "point the overlay at a folder of its own"]);
+    refused(
+        &fx,
+        &text,
+        &["contains the", "point the overlay at a folder of its own"],
+    );
 }

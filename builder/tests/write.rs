@@ -648,6 +648,106 @@ fn loop_devices_smaller_fixed_and_mounted_are_refused() {
 }
 
 #[test]
+fn verify_and_inspect_read_a_written_loop_device() {
+    if !loops() {
+        return;
+    }
+    let (fx, out) = built();
+    // A stick larger than the image: the block device's metadata length is
+    // 0, so its size must come from the device itself.
+    let back = fx.path("big.back");
+    File::create(&back).unwrap().set_len(512 << 20).unwrap();
+    let Some(l) = Loop::new(&back, false) else {
+        assert!(std::env::var_os("CI").is_none(), "losetup failed in CI");
+        eprintln!("skipping: losetup failed");
+        return;
+    };
+    run_ok(write(
+        &["--yes", "--force"],
+        &out.join("tiny.raw"),
+        &l.path(),
+    ));
+    let v = airlock()
+        .arg("verify")
+        .arg(l.path())
+        .arg("--manifest")
+        .arg(out.join("manifest.json"))
+        .output()
+        .unwrap();
+    let i = airlock().arg("inspect").arg(l.path()).output().unwrap();
+    // Detached on drop, also when an assertion below fails.
+    drop(l);
+    let verified = run_ok(v);
+    assert!(!verified.contains("unreadable"), "{verified}");
+    let shown = run_ok(i);
+    assert!(shown.contains("Boot "), "{shown}");
+    assert!(!shown.contains("size the image first"), "{shown}");
+}
+
+#[test]
+fn non_raw_and_non_gpt_images_are_refused() {
+    if !tools() {
+        return;
+    }
+    let fx = Fixture::new();
+    let target = fx.path("target.img");
+    for (name, head, want) in [
+        (
+            "a.qcow2",
+            &b"QFI\xfb\0\0\0\x03"[..],
+            "qemu-img convert -O raw",
+        ),
+        ("a.vmdk", &b"KDMV\x01\0\0\0"[..], "a VMDK VM disk"),
+        ("a.vhdx", &b"vhdxfile"[..], "a VHDX VM disk"),
+        ("empty.raw", &b""[..], "has no GPT"),
+        ("noise.raw", &[0x5au8; 1 << 20][..], "has no GPT"),
+    ] {
+        let image = fx.path(name);
+        let mut bytes = head.to_vec();
+        if !bytes.is_empty() {
+            bytes.resize(1 << 20, 0);
+        }
+        fs::write(&image, &bytes).unwrap();
+        let err = run_err(write(&["--yes"], &image, &target));
+        assert!(err.contains(want), "{name}: {err}");
+        assert!(!target.exists(), "{name}: wrote a target");
+    }
+}
+
+#[test]
+fn the_image_s_own_loop_device_is_refused() {
+    if !loops() {
+        return;
+    }
+    let (fx, out) = built();
+    let image = fx.path("self.raw");
+    fs::copy(out.join("tiny.raw"), &image).unwrap();
+    let Some(l) = Loop::new(&image, false) else {
+        assert!(std::env::var_os("CI").is_none(), "losetup failed in CI");
+        eprintln!("skipping: losetup failed");
+        return;
+    };
+    let o = write(&["--yes", "--force"], &image, &l.path());
+    let same = write(&["--yes", "--force"], &l.path(), &l.path());
+    drop(l);
+    let err = run_err(o);
+    assert!(
+        err.contains("is the backing file of") && err.contains("self.raw"),
+        "{err}"
+    );
+    let err = run_err(same);
+    assert!(err.contains("is the image itself"), "{err}");
+    let v = run_ok(
+        Command::new("sgdisk")
+            .arg("-v")
+            .arg(&image)
+            .output()
+            .unwrap(),
+    );
+    assert!(v.contains("No problems found"), "{v}");
+}
+
+#[test]
 fn an_io_error_on_a_loop_device_names_the_offset() {
     if !loops() {
         return;

@@ -205,6 +205,7 @@ pub struct BootArgs {
         long,
         default_value_t = 2048,
         value_name = "MIB",
+        value_parser = clap::value_parser!(u32).range(64..),
         help_heading = "Advanced Options"
     )]
     pub memory: u32,
@@ -214,6 +215,7 @@ pub struct BootArgs {
         long,
         default_value_t = 2,
         value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..),
         help_heading = "Advanced Options"
     )]
     pub cpus: u32,
@@ -315,7 +317,14 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     } else {
         print!("{}", crate::inspect::text::render(&report));
     }
-    Ok(())
+    match report.problems.len() {
+        0 => Ok(()),
+        n => anyhow::bail!(
+            "{} has {n} problem{} (listed above)",
+            a.image.display(),
+            if n == 1 { "" } else { "s" }
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -326,5 +335,15 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn boot_refuses_zero_memory_and_cpus() {
+        let parse =
+            |extra: &[&str]| Cli::try_parse_from(["airlock", "boot", "x.raw"].iter().chain(extra));
+        assert!(parse(&[]).is_ok());
+        assert!(parse(&["--memory", "0"]).is_err());
+        assert!(parse(&["--cpus", "0"]).is_err());
+        assert!(parse(&["--memory", "4096", "--cpus", "1"]).is_ok());
     }
 }

@@ -193,10 +193,12 @@ fn open_volume(disk: &File, offset: u64, size: u64) -> Result<Volume<'_>> {
         "ESP of {size} bytes is too large for FAT32"
     );
     let end = offset.checked_add(size).context("ESP range overflows")?;
-    let len = disk
-        .metadata()
-        .context("reading the disk image size")?
-        .len();
+    // Seeking to the end gives the real size of a block device too, whose
+    // metadata length is 0.
+    let mut seeker = disk;
+    let len = seeker
+        .seek(SeekFrom::End(0))
+        .context("reading the disk image size")?;
     ensure!(
         len >= end,
         "the disk image is {len} bytes but the ESP ends at byte {end}; size the image first"

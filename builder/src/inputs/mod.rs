@@ -307,8 +307,16 @@ impl Resolved {
             .with_context(|| format!("opening cached {} ({})", self.what, self.path.display()))?;
         let state = std::sync::Arc::new(std::sync::Mutex::new((Sha256::new(), 0u64)));
         Ok((
-            CheckedReader { inner, state: state.clone() },
-            Check { state, path: self.path.clone(), what: self.what.clone(), sha256: self.sha256.clone() },
+            CheckedReader {
+                inner,
+                state: state.clone(),
+            },
+            Check {
+                state,
+                path: self.path.clone(),
+                what: self.what.clone(),
+                sha256: self.sha256.clone(),
+            },
         ))
     }
 }
@@ -322,9 +330,12 @@ impl Check {
             let st = self.state.lock().expect("hash state");
             (st.0.clone(), st.1)
         };
-        let mut f = File::open(&self.path).with_context(|| format!("reopening {}", self.path.display()))?;
-        f.seek(SeekFrom::Start(read)).with_context(|| format!("reading {}", self.path.display()))?;
-        io::copy(&mut f, &mut hasher).with_context(|| format!("reading {}", self.path.display()))?;
+        let mut f =
+            File::open(&self.path).with_context(|| format!("reopening {}", self.path.display()))?;
+        f.seek(SeekFrom::Start(read))
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        io::copy(&mut f, &mut hasher)
+            .with_context(|| format!("reading {}", self.path.display()))?;
         let actual = hex::encode(hasher.finalize());
         if actual != self.sha256 {
             bail!(
@@ -450,7 +461,12 @@ mod tests {
         let f = d.path().join("in.bin");
         fs::write(&f, b"the pinned bytes").unwrap();
         let cache = Cache::new(d.path().join("cache"));
-        let r = cache.resolve(&wanted(&f, &sha(b"the pinned bytes")), &ProgressBar::hidden()).unwrap();
+        let r = cache
+            .resolve(
+                &wanted(&f, &sha(b"the pinned bytes")),
+                &ProgressBar::hidden(),
+            )
+            .unwrap();
         // Read part of it only: the rest is hashed by finish().
         let (mut rd, check) = r.open_checked().unwrap();
         let mut head = [0u8; 4];

@@ -142,7 +142,10 @@ impl Staging {
     pub fn new(out: &Path) -> Result<Staging> {
         let created_out = !out.exists();
         if out.exists() && !out.is_dir() {
-            bail!("output folder {} exists and is not a folder: pass another --out", out.display());
+            bail!(
+                "output folder {} exists and is not a folder: pass another --out",
+                out.display()
+            );
         }
         fs::create_dir_all(out)
             .with_context(|| format!("creating output folder {}", out.display()))?;
@@ -160,7 +163,10 @@ impl Staging {
         if let Ok(rd) = fs::read_dir(out) {
             for e in rd.flatten() {
                 if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-                    tracing::info!("removing {} left by an interrupted build", e.path().display());
+                    tracing::info!(
+                        "removing {} left by an interrupted build",
+                        e.path().display()
+                    );
                     let _ = fs::remove_dir_all(e.path());
                 }
             }
@@ -199,7 +205,9 @@ impl Staging {
             remove_if_file(&self.out.join(marker))?;
         }
         for line in old_sums.lines() {
-            let Some((_, name)) = line.split_once("  ") else { continue };
+            let Some((_, name)) = line.split_once("  ") else {
+                continue;
+            };
             let name = name.trim_start_matches('*');
             let plain = !name.is_empty() && !name.contains('/') && !name.starts_with('.');
             if plain && !names.contains(&name) {
@@ -226,7 +234,9 @@ fn remove_if_file(p: &Path) -> Result<()> {
             "{} is a folder where airlock writes a file: move it away",
             p.display()
         ),
-        Ok(_) => fs::remove_file(p).with_context(|| format!("removing the previous {}", p.display())),
+        Ok(_) => {
+            fs::remove_file(p).with_context(|| format!("removing the previous {}", p.display()))
+        }
         Err(_) => Ok(()),
     }
 }
@@ -291,9 +301,15 @@ mod tests {
         fs::write(s.path("b.raw"), "b").unwrap();
         fs::write(s.path("SHA256SUMS"), "33  b.raw\n").unwrap();
         s.commit(&["b.raw", "SHA256SUMS"]).unwrap();
-        assert!(!out.join("a.qcow2").exists(), "stale output of the previous build kept");
+        assert!(
+            !out.join("a.qcow2").exists(),
+            "stale output of the previous build kept"
+        );
         assert!(!out.join("a.raw").exists());
-        assert_eq!(fs::read_to_string(out.join("SHA256SUMS")).unwrap(), "33  b.raw\n");
+        assert_eq!(
+            fs::read_to_string(out.join("SHA256SUMS")).unwrap(),
+            "33  b.raw\n"
+        );
     }
 
     #[test]

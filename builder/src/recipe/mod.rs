@@ -497,8 +497,15 @@ fn validate(l: &Loaded) -> Result<()> {
             }
         }
         for g in &u.groups {
-            if g.is_empty() || !g.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
-                bail!("{}: user {n}: group {g:?} is not a group name", l.at(&u.name));
+            if g.is_empty()
+                || !g
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+            {
+                bail!(
+                    "{}: user {n}: group {g:?} is not a group name",
+                    l.at(&u.name)
+                );
             }
         }
         for k in &u.ssh_authorized_keys {
@@ -538,7 +545,9 @@ fn no_control_chars(l: &Loaded) -> Result<()> {
             return;
         }
         match v {
-            toml::Value::String(s) if s.chars().any(char::is_control) => *out = Some(path.to_string()),
+            toml::Value::String(s) if s.chars().any(char::is_control) => {
+                *out = Some(path.to_string())
+            }
             toml::Value::Array(a) => {
                 for (i, x) in a.iter().enumerate() {
                     walk(x, &format!("{path}[{i}]"), out);
@@ -549,7 +558,11 @@ fn no_control_chars(l: &Loaded) -> Result<()> {
                     if path.is_empty() && k == "vars" {
                         continue;
                     }
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
                     walk(x, &p, out);
                 }
             }

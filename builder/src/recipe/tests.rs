@@ -161,9 +161,18 @@ fn owners_and_urls() {
 fn values_cannot_inject_lines_into_system_files() {
     let user = "\n[[user]]\nname = \"ops\"\n";
     let cases = [
-        (format!("{user}password_hash = \"$6$abc\\nroot::0:0:99999:7:::\""), "user[0].password_hash"),
-        (format!("{user}password_hash = \"abc:def\""), "password_hash"),
-        ("\n[boot]\ncmdline = [\"quiet\\nlinux /evil.efi\"]\n".to_string(), "boot.cmdline[0]"),
+        (
+            format!("{user}password_hash = \"$6$abc\\nroot::0:0:99999:7:::\""),
+            "user[0].password_hash",
+        ),
+        (
+            format!("{user}password_hash = \"abc:def\""),
+            "password_hash",
+        ),
+        (
+            "\n[boot]\ncmdline = [\"quiet\\nlinux /evil.efi\"]\n".to_string(),
+            "boot.cmdline[0]",
+        ),
     ];
     for (extra, words) in cases {
         let text = good().replace("[node]", &format!("{extra}\n[node]"));

@@ -39,7 +39,11 @@ impl Renderer {
                 if !inside {
                     return Err(minijinja::Error::new(
                         minijinja::ErrorKind::InvalidOperation,
-                        format!("template {} leads out of the template folder {}", p.display(), dir.display()),
+                        format!(
+                            "template {} leads out of the template folder {}",
+                            p.display(),
+                            dir.display()
+                        ),
                     ));
                 }
                 if p.is_file() {

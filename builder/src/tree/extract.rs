@@ -243,20 +243,34 @@ fn extract_entry<R: Read>(
                 EntryType::Block => NodeKind::Block,
                 _ => NodeKind::Fifo,
             };
-            let header = entry.header();
-            let major = header
-                .device_major()
-                .context("reading device major")?
-                .unwrap_or(0);
-            let minor = header
-                .device_minor()
-                .context("reading device minor")?
-                .unwrap_or(0);
+            // A FIFO has no device number: GNU tar and Python's tarfile
+            // leave its fields blank, which the tar crate cannot parse.
+            let (major, minor) = if node == NodeKind::Fifo {
+                (0, 0)
+            } else {
+                let header = entry.header();
+                (
+                    device_field(header.device_major(), &header.as_bytes()[329..337])
+                        .context("reading device major")?,
+                    device_field(header.device_minor(), &header.as_bytes()[337..345])
+                        .context("reading device minor")?,
+                )
+            };
             root.mknod_rel(rel, node, major, minor, &attrs)?;
         }
         other => bail!("unsupported tar entry type {other:?}"),
     }
     Ok(0)
+}
+
+/// A device number field of a tar header: missing or blank (all NUL or
+/// spaces) is 0.
+fn device_field(parsed: std::io::Result<Option<u32>>, raw: &[u8]) -> std::io::Result<u32> {
+    match parsed {
+        Ok(v) => Ok(v.unwrap_or(0)),
+        Err(_) if raw.iter().all(|&b| b == 0 || b == b' ') => Ok(0),
+        Err(e) => Err(e),
+    }
 }
 
 /// The entry's path inside the extraction directory, or `None` when
@@ -760,6 +774,26 @@ mod tests {
         let m = meta(&root, "dev/loop0");
         assert!(m.file_type().is_block_device() && m.rdev() == rustix::fs::makedev(7, 0));
         assert!(meta(&root, "run/fifo").file_type().is_fifo());
+    }
+
+    /// GNU tar and Python's tarfile leave a FIFO's (and sometimes a
+    /// device's) number fields blank.
+    #[test]
+    fn blank_device_fields_are_zero() {
+        let tar = archive(|b| {
+            for (kind, path) in [(EntryType::Fifo, "run/fifo"), (EntryType::Char, "dev/x")] {
+                let mut h = header(kind, 0o644, 1000);
+                h.set_path(path).unwrap();
+                h.as_mut_bytes()[329..345].fill(0);
+                h.set_cksum();
+                b.append(&h, &[][..]).unwrap();
+            }
+        });
+        let (_t, root) = setup();
+        assert_eq!(extract(&root, &tar[..], &opts(), WHAT).unwrap().entries, 2);
+        assert!(meta(&root, "run/fifo").file_type().is_fifo());
+        let m = meta(&root, "dev/x");
+        assert!(m.file_type().is_char_device() && m.rdev() == 0);
     }
 
     #[test]

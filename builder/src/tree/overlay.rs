@@ -115,7 +115,11 @@ mod tests {
             (motd.mode() & 0o7777, motd.uid(), motd.gid(), motd.mtime()),
             (0o640, 0, 0, 777)
         );
-        assert_eq!(m("var/opt/tool/bin/x").mode() & 0o7777, 0o755, "setuid root from a checkout");
+        assert_eq!(
+            m("var/opt/tool/bin/x").mode() & 0o7777,
+            0o755,
+            "setuid root from a checkout"
+        );
         assert!(root.is_symlink("opt") && root.is_symlink("motd-link"));
         assert_eq!(root.read("motd-link").unwrap().unwrap(), b"hello\n");
         for (p, want) in [

@@ -49,21 +49,40 @@ pub enum ImageFormat {
     Qcow2,
 }
 
-/// Recognises the image format by its first bytes.
+/// Recognises the image format by its first bytes: qcow2, or a raw disk
+/// with a GPT ("EFI PART" at byte 512). Anything else is refused, saying
+/// what it is, rather than left to sit in the UEFI shell until the timeout.
 pub fn detect_format(path: &Path) -> Result<ImageFormat> {
-    let mut head = [0u8; 4];
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let n = f
-        .read(&mut head)
+    let mut head = Vec::with_capacity(520);
+    File::open(path)
+        .with_context(|| format!("opening {}", path.display()))?
+        .take(520)
+        .read_to_end(&mut head)
         .with_context(|| format!("reading {}", path.display()))?;
-    match &head[..n] {
-        b"QFI\xfb" => Ok(ImageFormat::Qcow2),
-        [0x28, 0xb5, 0x2f, 0xfd] => bail!(
-            "{} is zstd-compressed: boot the .raw next to it, or decompress it first (zstd -d)",
-            path.display()
-        ),
-        _ => Ok(ImageFormat::Raw),
+    let n = head.len();
+    let shown = path.display();
+    if head.starts_with(b"QFI\xfb") {
+        return Ok(ImageFormat::Qcow2);
     }
+    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        bail!("{shown} is zstd-compressed: boot the .raw next to it, or decompress it first (zstd -d)");
+    }
+    if head.starts_with(b"KDMV") {
+        bail!("{shown} is a VMDK disk: boot the .raw or .qcow2 image, or convert it (qemu-img convert -O qcow2)");
+    }
+    if head.starts_with(b"vhdxfile") {
+        bail!("{shown} is a VHDX disk: boot the .raw or .qcow2 image, or convert it (qemu-img convert -O qcow2)");
+    }
+    if n == 0 {
+        bail!("{shown} is empty: not a disk image airlock can boot");
+    }
+    if n < 520 {
+        bail!("{shown} is only {n} bytes: too small for a disk image airlock can boot");
+    }
+    if &head[512..520] != b"EFI PART" {
+        bail!("{shown} has no GPT: not a disk image airlock can boot (expected a raw disk with a GPT, or qcow2)");
+    }
+    Ok(ImageFormat::Raw)
 }
 
 /// Finds UEFI firmware code and a variables template (Debian, then Fedora paths).
@@ -182,6 +201,7 @@ pub fn run(o: &VmOpts) -> Result<Outcome> {
     let errlog = tempfile::tempfile().context("creating a temporary file for QEMU's stderr")?;
     c.stdout(Stdio::piped()).stderr(errlog.try_clone()?);
     let mut child = cmd::spawn_logged(&mut c)?;
+    let _running = cmd::track(&child);
     let stdout = child.stdout.take().expect("piped stdout");
 
     let matched: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
@@ -395,5 +415,28 @@ mod tests {
             .contains("zstd -d"));
         std::fs::write(&p, b"QFI\xfb....").unwrap();
         assert_eq!(detect_format(&p).unwrap(), ImageFormat::Qcow2);
+    }
+
+    #[test]
+    fn only_gpt_disks_and_qcow2_are_booted() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x");
+        let err = |bytes: &[u8]| {
+            std::fs::write(&p, bytes).unwrap();
+            format!("{:#}", detect_format(&p).unwrap_err())
+        };
+        assert!(err(b"").contains("is empty"), "{}", err(b""));
+        assert!(err(b"KDMV\x01\0\0\0").contains("VMDK"));
+        assert!(err(b"vhdxfile\0\0").contains("VHDX"));
+        assert!(err(&[7u8; 100]).contains("too small"));
+        let mut disk = vec![0x5au8; 4096];
+        let e = err(&disk);
+        assert!(
+            e.contains("no GPT: not a disk image airlock can boot"),
+            "{e}"
+        );
+        disk[512..520].copy_from_slice(b"EFI PART");
+        std::fs::write(&p, &disk).unwrap();
+        assert_eq!(detect_format(&p).unwrap(), ImageFormat::Raw);
     }
 }

@@ -235,6 +235,26 @@ const SYSTEM_MOUNTS: &[&str] = &["/", "/boot", "/boot/efi", "/efi", "/usr"];
 /// Refuses a target that is a partition, holds the running system, is
 /// mounted, held, used as swap, read-only, smaller than `image_size`, or
 /// (unless `force`) not removable.
+/// Why writing to the disk `name` would overwrite `image` itself: the
+/// image is the loop device's backing file, or lives on a filesystem on
+/// that disk.
+pub(crate) fn holds_image(host: &Host, name: &str, image: &Path) -> Option<String> {
+    let meta = fs::metadata(image).ok()?;
+    let real = fs::canonicalize(image).ok()?;
+    let backing = host.attr(name, "loop/backing_file").map(PathBuf::from);
+    if backing.is_some_and(|b| fs::canonicalize(&b).unwrap_or(b) == real) {
+        return Some(format!(
+            "{} is the backing file of /dev/{name}",
+            image.display()
+        ));
+    }
+    let dev = meta.dev();
+    let on = disks_under(host, (rustix::fs::major(dev), rustix::fs::minor(dev)), 0);
+    on.iter()
+        .any(|d| d == name)
+        .then(|| format!("{} is stored on /dev/{name}", image.display()))
+}
+
 pub(crate) fn check(
     host: &Host,
     path: &Path,

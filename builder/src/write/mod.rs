@@ -259,20 +259,41 @@ fn open_target(o: &WriteOptions, host: &Host, kind: &Kind, image_size: u64) -> R
 /// Writes `o.image` to `o.device` (or, with `verify_only`, compares them).
 pub fn run(o: &WriteOptions) -> Result<Summary> {
     let host = Host::real();
-    let steps = if o.verify_only || !o.verify { 1 } else { 2 };
     let progress = if o.quiet {
-        Progress::quiet(steps)
+        Progress::quiet()
     } else {
-        Progress::new(steps)
+        Progress::new()
     };
     let format = source::format_of(&o.image)?;
     let (bmap, bmap_path) = load_bmap(o, format, &progress)?;
     if format == Format::Raw {
         source::open(&o.image, format)?.check_end(bmap.image_size)?;
     }
+    // A raw image's GPT was checked by format_of; this is the decompressed one.
+    if format == Format::Zstd && !gpt::has_gpt(&image_head(o, format, bmap.image_size)?) {
+        bail!(
+            "{} has no GPT: it is not a disk image (an airlock image starts with a GPT \
+             partition table)",
+            o.image.display()
+        );
+    }
     let kind = device::identify(&host, &o.device)?;
     if same_file(&o.image, &o.device) {
-        bail!("{} is the image itself", o.device.display());
+        bail!(
+            "refusing to write {} to {}: {} is the image itself",
+            o.image.display(),
+            o.device.display(),
+            o.device.display()
+        );
+    }
+    if let Kind::Block(name, _) = &kind {
+        if let Some(why) = device::holds_image(&host, name, &o.image) {
+            bail!(
+                "refusing to write {} to {}: {why}, so writing would destroy the image",
+                o.image.display(),
+                o.device.display()
+            );
+        }
     }
     if o.verify_only {
         return verify_only(o, &bmap, bmap_path, format, &kind, &progress);

@@ -21,15 +21,49 @@ pub(crate) enum Format {
 
 pub(crate) fn format_of(path: &Path) -> Result<Format> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut magic = [0u8; 4];
-    let n = f
-        .read_at(&mut magic, 0)
-        .with_context(|| format!("reading {}", path.display()))?;
-    Ok(if n == 4 && magic == ZSTD_MAGIC {
-        Format::Zstd
+    let mut magic = [0u8; 520];
+    let mut n = 0;
+    while n < magic.len() {
+        match f
+            .read_at(&mut magic[n..], n as u64)
+            .with_context(|| format!("reading {}", path.display()))?
+        {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let magic = &magic[..n];
+    if magic.starts_with(&ZSTD_MAGIC) {
+        return Ok(Format::Zstd);
+    }
+    let vm = if magic.starts_with(b"QFI\xfb") {
+        Some("a qcow2")
+    } else if magic.starts_with(b"KDMV") {
+        Some("a VMDK")
+    } else if magic.starts_with(b"vhdxfile") {
+        Some("a VHDX")
     } else {
-        Format::Raw
-    })
+        None
+    };
+    if let Some(what) = vm {
+        bail!(
+            "{} is {what} VM disk, not a raw disk image: write the .raw or .raw.zst built \
+             beside it, or convert it first (qemu-img convert -O raw)",
+            path.display()
+        );
+    }
+    ensure!(
+        magic.len() == 520 && &magic[512..] == b"EFI PART",
+        "{} has no GPT: it is not a disk image (an airlock image starts with a GPT partition \
+         table){}",
+        path.display(),
+        if magic.is_empty() {
+            "; it is empty"
+        } else {
+            ""
+        }
+    );
+    Ok(Format::Raw)
 }
 
 /// Reads the image at increasing offsets.
@@ -167,7 +201,8 @@ mod tests {
     #[test]
     fn raw_and_zstd_read_the_same_bytes() {
         let d = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        data[512..520].copy_from_slice(b"EFI PART");
         let raw = d.path().join("a.raw");
         std::fs::write(&raw, &data).unwrap();
         let zst = d.path().join("a.raw.zst");
