@@ -480,6 +480,15 @@ fn control_plane_image_holds_the_first_boot_contract() {
     assert!(img
         .text("/etc/systemd/system/airlock-route.service")
         .contains("ExecStart=/usr/lib/airlock/airlock node route"));
+    // Both read node.toml from the ESP, which fstab mounts with nofail (not
+    // ordered before local-fs.target): without this they race the mount.
+    for u in ["airlock-route", "airlock-kubeadm"] {
+        let text = img.text(&format!("/etc/systemd/system/{u}.service"));
+        assert!(
+            text.lines().any(|l| l == "RequiresMountsFor=/boot/efi"),
+            "{u} does not wait for the ESP:\n{text}"
+        );
+    }
     // The recipe's shadowing kube/ template was used and goes to the node.
     assert!(img.text("/etc/crictl.yaml").starts_with("# site crictl\n"));
     assert_eq!(
