@@ -496,3 +496,307 @@ fn an_overlay_holding_the_output_folder_is_refused() {
         &["contains the", "point the overlay at a folder of its own"],
     );
 }
+
+/// What a recipe sets by hand wins over what airlock derives: the disk GUID,
+/// the root filesystem UUID and a password hash; the manifest records the
+/// airlock version and both PARTUUIDs, and file capabilities keep their
+/// exact bytes.
+#[test]
+fn recipe_set_identities_password_and_manifest() {
+    if !tools() {
+        return;
+    }
+    let fx = Fixture::new();
+    let disk_guid = "6f1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    let fs_uuid = "0a1b2c3d-4e5f-4061-8293-a4b5c6d7e8f9";
+    let hash = "$y$j9T$abcdefghijklmnopqrstu.$ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefg";
+    let text = fx
+        .recipe_text()
+        .replace(
+            "esp_size = \"40MiB\"\n",
+            &format!(
+                "esp_size = \"40MiB\"\ndisk_guid = \"{disk_guid}\"\nroot_fs_uuid = \"{fs_uuid}\"\n"
+            ),
+        )
+        .replace(
+            "name = \"ops\"\n",
+            &format!("name = \"ops\"\npassword_hash = \"{hash}\"\n"),
+        );
+    let recipe = fx.write_recipe(&text);
+    run_ok(fx.build(&recipe, "out"));
+    let out = fx.path("out");
+    let raw = out.join("tiny.raw");
+    let m = manifest(&out);
+
+    let p = run_ok(Command::new("sgdisk").arg("-p").arg(&raw).output().unwrap());
+    assert!(
+        p.contains(&format!(
+            "Disk identifier (GUID): {}",
+            disk_guid.to_uppercase()
+        )),
+        "{p}"
+    );
+    assert_eq!(m["root_fs"]["uuid"], fs_uuid);
+    let (root_off, _) = partition(&m, "root");
+    let ext = ext4_view::Ext4::load(Box::new(PartReader {
+        file: fs::File::open(&raw).unwrap(),
+        offset: root_off,
+    }))
+    .unwrap();
+    assert_eq!(ext.uuid().to_string(), fs_uuid);
+    assert!(ext
+        .read_to_string("/etc/fstab")
+        .unwrap()
+        .contains(&format!("UUID={fs_uuid} /")));
+    let shadow = ext.read_to_string("/etc/shadow").unwrap();
+    assert!(shadow.contains(&format!("ops:{hash}:")), "{shadow}");
+
+    assert_eq!(m["airlock_version"], env!("CARGO_PKG_VERSION"));
+    for (n, part) in [(1, "esp"), (2, "root")] {
+        let info = run_ok(
+            Command::new("sgdisk")
+                .args(["-i", &n.to_string()])
+                .arg(&raw)
+                .output()
+                .unwrap(),
+        );
+        let uuid = m["disk"][part]["uuid"].as_str().unwrap().to_uppercase();
+        assert!(
+            info.contains(&format!("Partition unique GUID: {uuid}")),
+            "{part}: {info}"
+        );
+    }
+
+    // The capability's value, not just its name, as the tar header had it.
+    let rootimg = fx.path("root.img");
+    let (off, len) = partition(&m, "root");
+    extract_range(&raw, off, len, &rootimg);
+    let cap = fx.path("cap.bin");
+    run_ok(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg(format!(
+                "ea_get -f {} /usr/bin/ping security.capability",
+                cap.display()
+            ))
+            .arg(&rootimg)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(fs::read(&cap).unwrap(), CAP_NET_BIND);
+}
+
+/// SOURCE_DATE_EPOCH from the environment wins over the recipe's epoch, and
+/// two builds with the same value are byte-identical.
+#[test]
+fn same_source_date_epoch_same_bytes() {
+    if !tools() {
+        return;
+    }
+    let fx = Fixture::new();
+    let recipe = fx.write_recipe(&fx.recipe_text());
+    let build = |out: &str| {
+        run_ok(
+            airlock()
+                .env("SOURCE_DATE_EPOCH", "1650000000")
+                .arg("build")
+                .arg(&recipe)
+                .arg("--out")
+                .arg(fx.path(out))
+                .arg("--cache")
+                .arg(fx.path(out).with_extension("cache"))
+                .output()
+                .unwrap(),
+        );
+        sha256_file(&fx.path(out).join("tiny.raw"))
+    };
+    let a = build("a");
+    let b = build("b");
+    assert_eq!(a, b, "same inputs and SOURCE_DATE_EPOCH, different images");
+    // Timestamps are clamped to the epoch: the base's files (1600000000)
+    // keep theirs, what airlock writes gets the epoch.
+    let m = manifest(&fx.path("a"));
+    let (off, len) = partition(&m, "root");
+    let rootimg = fx.path("root.img");
+    extract_range(&fx.path("a/tiny.raw"), off, len, &rootimg);
+    let mtime = |path: &str| {
+        let st = run_ok(
+            Command::new("debugfs")
+                .arg("-R")
+                .arg(format!("stat {path}"))
+                .arg(&rootimg)
+                .output()
+                .unwrap(),
+        );
+        let hex = st
+            .split("mtime: 0x")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{st}"))
+            .split([':', ' '])
+            .next()
+            .unwrap()
+            .to_string();
+        i64::from_str_radix(&hex, 16).unwrap()
+    };
+    assert_eq!(mtime("/etc/motd"), 1650000000, "written by airlock");
+    assert_eq!(mtime("/usr/bin/setuid-tool"), 1600000000, "from the base");
+}
+
+/// An absolute symlink in the base that names a folder of the build host
+/// is followed inside the image: the recipe's file lands in the image, and
+/// the host folder stays untouched.
+#[test]
+fn absolute_base_symlink_to_a_host_folder_stays_in_the_image() {
+    if !tools() {
+        return;
+    }
+    let fx = Fixture::new();
+    let host = fx.path("host-srv");
+    fs::create_dir_all(&host).unwrap();
+    let host_str = host.to_str().unwrap().to_string();
+    let text = with_base(
+        &fx,
+        vec![Entry::Symlink(
+            "srv",
+            Box::leak(host_str.clone().into_boxed_str()),
+        )],
+    )
+    .replace("path = \"/opt/tool/bin/tool\"", "path = \"/srv/tool\"");
+    let recipe = fx.write_recipe(&text);
+    run_ok(fx.build(&recipe, "out"));
+    assert_eq!(
+        fs::read_dir(&host).unwrap().count(),
+        0,
+        "the build wrote into the host's {host_str}"
+    );
+    let m = manifest(&fx.path("out"));
+    let (off, _) = partition(&m, "root");
+    let ext = ext4_view::Ext4::load(Box::new(PartReader {
+        file: fs::File::open(fx.path("out/tiny.raw")).unwrap(),
+        offset: off,
+    }))
+    .unwrap();
+    assert_eq!(
+        ext.read(format!("{host_str}/tool").as_str()).unwrap(),
+        b"#!/bin/sh\necho tool\n"
+    );
+    assert_eq!(
+        ext.read_link("/srv").unwrap().to_str().unwrap(),
+        host_str,
+        "the base's link itself is kept"
+    );
+}
+
+/// A build host without mke2fs: the error names the package to install and
+/// nothing is left behind. mke2fs is hidden in a private mount namespace.
+#[test]
+fn missing_mke2fs_names_e2fsprogs() {
+    if !tools() || !have("unshare") {
+        return;
+    }
+    let fx = Fixture::new();
+    let recipe = fx.write_recipe(&fx.recipe_text());
+    let script = format!(
+        "for p in /usr/sbin/mke2fs /sbin/mke2fs /usr/bin/mke2fs /bin/mke2fs; do \
+           [ -e \"$p\" ] && mount --bind /dev/null \"$p\"; \
+         done; exec {} build {} --out {} --cache {}",
+        env!("CARGO_BIN_EXE_airlock"),
+        recipe.display(),
+        fx.path("out").display(),
+        fx.path("cache").display()
+    );
+    let o = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let err = run_err(o);
+    assert!(
+        err.contains("mke2fs") && err.contains("install e2fsprogs"),
+        "{err}"
+    );
+    assert!(!fx.path("out").exists(), "output left behind");
+}
+
+/// Ctrl-C during a build: the programs airlock started are killed, the exit
+/// status is 130, no file has a final name, and the next build removes the
+/// temporary folder the interrupted one left.
+#[test]
+fn interrupted_build_leaves_no_final_names() {
+    if !tools() {
+        return;
+    }
+    let fx = Fixture::new();
+    let recipe = fx.write_recipe(&fx.recipe_text());
+    // A stand-in mke2fs on PATH that records its pid and hangs, so the
+    // signal arrives at a known point of the build.
+    let bin = fx.path("slowbin");
+    fs::create_dir_all(&bin).unwrap();
+    let mark = fx.path("mke2fs.pid");
+    fs::write(
+        bin.join("mke2fs"),
+        format!("#!/bin/sh\necho $$ > {}\nexec sleep 120\n", mark.display()),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(bin.join("mke2fs"))
+        .status()
+        .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = fx.path("out");
+    let child = airlock()
+        .env("PATH", path)
+        .arg("build")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(&out)
+        .arg("--cache")
+        .arg(fx.path("cache"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let pid = loop {
+        if let Some(p) = fs::read_to_string(&mark)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            break p;
+        }
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "the build never reached mke2fs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"));
+    // The hung mke2fs was killed with airlock (a zombie is gone too once
+    // reaped by init; a live one would still have a cmdline).
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let alive = fs::read(format!("/proc/{pid}/cmdline")).map_or(false, |c| !c.is_empty());
+    assert!(!alive, "mke2fs ({pid}) outlived the interrupted build");
+    let names: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.starts_with('.')),
+        "final names after an interrupt: {names:?}"
+    );
+    assert!(names.iter().any(|n| n.starts_with(".airlock-tmp-")));
+
+    run_ok(fx.build(&recipe, "out"));
+    let left: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".airlock-tmp-"))
+        .collect();
+    assert!(left.is_empty(), "temporary folders pile up: {left:?}");
+    assert!(out.join("tiny.raw").exists());
+}
