@@ -26,6 +26,9 @@ fn boot_tools() -> bool {
         && have("qemu-system-x86_64")
         && have("mmdebstrap")
         && have("qemu-img")
+        && have("sgdisk")
+        && have("fsck.fat")
+        && have("e2fsck")
 }
 
 /// Builds (or reuses) the cached Debian base and returns its path.
@@ -59,9 +62,55 @@ fn demo_recipe(dir: &Path, base: &Path) -> PathBuf {
                 sha256_file(base)
             ),
         );
+    // Test-only unit, ordered after the first-boot unit on every boot: its
+    // line on the console means the first-boot unit has had its chance to
+    // run (or was skipped), so a second boot can stop there and be judged.
+    let settled = dir.join("airlock-test-settled.service");
+    fs::write(
+        &settled,
+        "[Unit]\nAfter=airlock-demo-firstboot.service multi-user.target\n\
+         [Service]\nType=oneshot\nExecStart=/bin/echo AIRLOCK-TEST-BOOT-SETTLED\n\
+         StandardOutput=journal+console\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    let text = text.replace(
+        "enable = [\"airlock-demo-firstboot.service\"]",
+        "enable = [\"airlock-demo-firstboot.service\", \"airlock-test-settled.service\"]",
+    ) + &format!(
+        "\n[[file]]\nsource = \"{}\"\nsha256 = \"{}\"\npath = \"/etc/systemd/system/airlock-test-settled.service\"\nmode = \"0644\"\n",
+        settled.display(),
+        sha256_file(&settled)
+    );
+    assert!(
+        text.contains("airlock-test-settled.service\"]"),
+        "demo recipe changed shape"
+    );
     let p = dir.join("demo.toml");
     fs::write(&p, text).unwrap();
     p
+}
+
+/// The real Debian image passes the tools that would be used on it by
+/// hand: sgdisk for the GPT, fsck.fat for the ESP, e2fsck for the root.
+fn check_with_independent_tools(raw: &Path, m: &serde_json::Value, scratch: &Path) {
+    let v = run_ok(Command::new("sgdisk").arg("-v").arg(raw).output().unwrap());
+    assert!(v.contains("No problems found"), "sgdisk -v: {v}");
+    for (part, tool, args) in [
+        ("esp", "fsck.fat", &["-n"][..]),
+        ("root", "e2fsck", &["-fn"][..]),
+    ] {
+        let (off, len) = partition(m, part);
+        let img = scratch.join(format!("{part}.img"));
+        extract_range(raw, off, len, &img);
+        let o = Command::new(tool).args(args).arg(&img).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{tool} on the {part} partition: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        fs::remove_file(&img).unwrap();
+    }
 }
 
 /// Boots an image; returns the console text.
@@ -129,6 +178,7 @@ fn demo_image_boots_with_fresh_identity_and_grows() {
     let fs_uuid = m["root_fs"]["uuid"].as_str().unwrap().to_string();
     let raw = out.join("demo.raw");
     let image_size = fs::metadata(&raw).unwrap().len();
+    check_with_independent_tools(&raw, &m, d);
 
     // Two machines from one build; the second disk is twice as large.
     let a = d.join("a.raw");
@@ -199,8 +249,9 @@ fn demo_image_boots_with_fresh_identity_and_grows() {
         image_size * 2
     );
 
-    // Second boot of A: the first-boot unit does not run again.
-    let console_a2 = boot(&a, Some("login:"), &d.join("a2.log"));
+    // Second boot of A: the first-boot unit does not run again (judged once
+    // the unit ordered after it has printed).
+    let console_a2 = boot(&a, Some("AIRLOCK-TEST-BOOT-SETTLED"), &d.join("a2.log"));
     assert!(
         !console_a2.contains("AIRLOCK-DEMO-FIRSTBOOT-OK"),
         "first-boot unit ran twice:\n{console_a2}"
