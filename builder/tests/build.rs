@@ -133,11 +133,7 @@ fn builds_a_checkable_reproducible_image() {
             .unwrap(),
     );
     let fs_uuid = m["root_fs"]["uuid"].as_str().unwrap();
-    let ext = ext4_view::Ext4::load(Box::new(PartReader {
-        file: fs::File::open(&raw).unwrap(),
-        offset: root_off,
-    }))
-    .unwrap();
+    let ext = root_fs(&raw, &m);
     let fstab = ext.read_to_string("/etc/fstab").unwrap();
     assert!(fstab.contains(&format!("UUID={fs_uuid} / ext4")), "{fstab}");
     assert_eq!(ext.uuid().to_string(), fs_uuid);
@@ -537,12 +533,7 @@ fn recipe_set_identities_password_and_manifest() {
         "{p}"
     );
     assert_eq!(m["root_fs"]["uuid"], fs_uuid);
-    let (root_off, _) = partition(&m, "root");
-    let ext = ext4_view::Ext4::load(Box::new(PartReader {
-        file: fs::File::open(&raw).unwrap(),
-        offset: root_off,
-    }))
-    .unwrap();
+    let ext = root_fs(&raw, &m);
     assert_eq!(ext.uuid().to_string(), fs_uuid);
     assert!(ext
         .read_to_string("/etc/fstab")
@@ -669,13 +660,7 @@ fn absolute_base_symlink_to_a_host_folder_stays_in_the_image() {
         0,
         "the build wrote into the host's {host_str}"
     );
-    let m = manifest(&fx.path("out"));
-    let (off, _) = partition(&m, "root");
-    let ext = ext4_view::Ext4::load(Box::new(PartReader {
-        file: fs::File::open(fx.path("out/tiny.raw")).unwrap(),
-        offset: off,
-    }))
-    .unwrap();
+    let ext = root_fs(&fx.path("out/tiny.raw"), &manifest(&fx.path("out")));
     assert_eq!(
         ext.read(format!("{host_str}/tool").as_str()).unwrap(),
         b"#!/bin/sh\necho tool\n"
@@ -779,7 +764,7 @@ fn interrupted_build_leaves_no_final_names() {
     // The hung mke2fs was killed with airlock (a zombie is gone too once
     // reaped by init; a live one would still have a cmdline).
     std::thread::sleep(std::time::Duration::from_millis(200));
-    let alive = fs::read(format!("/proc/{pid}/cmdline")).map_or(false, |c| !c.is_empty());
+    let alive = fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty());
     assert!(!alive, "mke2fs ({pid}) outlived the interrupted build");
     let names: Vec<String> = fs::read_dir(&out)
         .unwrap()

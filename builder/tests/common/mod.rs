@@ -398,3 +398,14 @@ pub fn partition(m: &serde_json::Value, which: &str) -> (u64, u64) {
     let p = &m["disk"][which];
     (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap())
 }
+
+/// The root filesystem of a built image, read with ext4-view.
+#[allow(dead_code)]
+pub fn root_fs(raw: &Path, m: &serde_json::Value) -> ext4_view::Ext4 {
+    let (offset, _) = partition(m, "root");
+    ext4_view::Ext4::load(Box::new(PartReader {
+        file: File::open(raw).unwrap(),
+        offset,
+    }))
+    .unwrap()
+}
