@@ -340,10 +340,37 @@ pub fn cached_archive(
             path.display()
         );
     }
-    match std::fs::metadata(cache.blob(&rec.archive)) {
-        Ok(m) if m.len() == rec.size => Ok(Some((path, rec))),
-        _ => Ok(None),
+    let archive = cache.blob(&rec.archive);
+    match std::fs::metadata(&archive) {
+        Ok(m) if m.len() == rec.size => {}
+        _ => return Ok(None),
     }
+    // The record is only a pointer: the archive itself must name the pinned
+    // image (its bytes are hashed against `rec.archive` when used).
+    let held = layout::Archive::open(&archive)
+        .with_context(|| format!("reading the archive {} names", path.display()))?;
+    if !held.index.manifests.iter().any(|d| d.digest == rec.digest) {
+        let names: Vec<&str> = held
+            .index
+            .manifests
+            .iter()
+            .map(|d| d.digest.as_str())
+            .collect();
+        bail!(
+            "{}: the cached archive {} holds {}, not the pinned {} of {}: the cache was changed; \
+             delete both files and run `airlock fetch` again",
+            path.display(),
+            archive.display(),
+            if names.is_empty() {
+                "no image".to_string()
+            } else {
+                names.join(", ")
+            },
+            rec.digest,
+            src.reference
+        );
+    }
+    Ok(Some((path, rec)))
 }
 
 /// Pulls one pinned image into the cache as an OCI archive.
