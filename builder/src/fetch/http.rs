@@ -103,6 +103,15 @@ impl Http {
         req.call().map_err(|e| transport(url, e))
     }
 
+    /// Sends a POST of an `application/x-www-form-urlencoded` form (an
+    /// OAuth2 token request); errors as for [`Http::get`].
+    pub fn post_form(&self, url: &str, form: &[(&str, &str)]) -> Attempt<Response<Body>> {
+        self.agent
+            .post(url)
+            .send_form(form.iter().copied())
+            .map_err(|e| transport(url, e))
+    }
+
     /// Runs `attempt` until it succeeds, fails permanently, or the retries
     /// are used up; `what` names the transfer in the log.
     pub fn with_retry<T>(

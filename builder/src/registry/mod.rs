@@ -272,6 +272,9 @@ pub struct PullJob {
     /// With the pinned digest.
     pub reference: Reference,
     pub endpoints: Vec<Endpoint>,
+    /// Other references the recipe gives the same pinned image (and
+    /// platforms): pulled once, with an archive naming each.
+    pub aliases: Vec<ImageSource>,
 }
 
 /// The pull job for an image input pinned to `sha256` (hex).
@@ -295,6 +298,7 @@ pub fn pull_job(
         source: src.clone(),
         endpoints: endpoints(&loaded.recipe.mirrors, &r),
         reference: r.with_digest(&pinned),
+        aliases: Vec::new(),
     })
 }
 
@@ -383,7 +387,11 @@ pub fn pull(http: &Http, cache: &Cache, job: &PullJob, bar: &ProgressBar) -> Res
         status: status.into(),
         bytes,
     };
-    if cached_archive(cache, &job.source, &sha)?.is_some() {
+    let mut cached = true;
+    for src in std::iter::once(&job.source).chain(&job.aliases) {
+        cached &= cached_archive(cache, src, &sha)?.is_some();
+    }
+    if cached {
         return Ok(done("cached", 0));
     }
     let client = Client::new(http)?;
@@ -488,17 +496,19 @@ fn pull_from(
         blobs.push(m.config.digest.clone());
         blobs.extend(m.layers.iter().map(|l| l.digest.clone()));
     }
-    let name = Reference::parse(&job.source.reference)?.name();
-    let (archive, size) = layout::write_archive(cache, &top_desc, &name, &blobs)?;
-    let rec = ArchiveRecord {
-        name,
-        digest,
-        platforms: job.source.platforms.clone(),
-        archive,
-        size,
-    };
-    let path = record_path(cache, &job.source, hex_of(&rec.digest))?;
-    crate::inputs::write_atomic(&path, &serde_json::to_vec_pretty(&rec)?)?;
+    for src in std::iter::once(&job.source).chain(&job.aliases) {
+        let name = Reference::parse(&src.reference)?.name();
+        let (archive, size) = layout::write_archive(cache, &top_desc, &name, &blobs)?;
+        let rec = ArchiveRecord {
+            name,
+            digest: digest.clone(),
+            platforms: src.platforms.clone(),
+            archive,
+            size,
+        };
+        let path = record_path(cache, src, hex_of(&rec.digest))?;
+        crate::inputs::write_atomic(&path, &serde_json::to_vec_pretty(&rec)?)?;
+    }
     Ok(bytes)
 }
 
