@@ -256,12 +256,13 @@ fn layer_inputs(
     let (base, dest) = it.next().expect("base comes first");
     cx.progress.step("unpacking the base root filesystem");
     let bar = cx.progress.bytes(base.size, "base");
-    let stats = if crate::registry::layout::Archive::sniff(&base.path)? {
+    // A pulled image is always an OCI archive; a file is one if it looks so.
+    let stats = if base.pin.is_some() || crate::registry::layout::Archive::sniff(&base.path)? {
         // An OCI image: its layers, in order, with whiteouts.
         let platform = crate::registry::manifest::Platform::parse(r.base.platform())?;
         let what = format!("base {}", base.source);
         let f = crate::registry::flatten::flatten_archive(
-            root, &base.path, &platform, cx.epoch, &what, &bar,
+            root, &base, &platform, cx.epoch, &what, &bar,
         )?;
         cx.progress.note(&format!(
             "base: {platform} image {}, {} layers",

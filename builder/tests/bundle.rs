@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use servers::http::{Route, Server};
+use servers::oci::{layer, Image, E};
+use servers::registry::serve_image;
 
 /// Bytes zstd cannot shrink, so the bundle needs several parts.
 fn noise(len: usize) -> Vec<u8> {
@@ -213,4 +215,271 @@ fn bundle_refuses_inputs_not_in_the_cache() {
     );
     assert!(!fx.path("b").exists() && !fx.path("b.sha256").exists());
     assert!(srv.requests().is_empty(), "bundle never downloads");
+
+    // In the cache under its digest, but with other bytes: refused here
+    // rather than on the far side.
+    let blob = fx.path("cache/sha256").join(sha256(b"x"));
+    fs::create_dir_all(blob.parent().unwrap()).unwrap();
+    fs::write(&blob, b"y").unwrap();
+    let err = run_err(
+        airlock()
+            .arg("bundle")
+            .arg(&recipe)
+            .arg("-o")
+            .arg(fx.path("b"))
+            .arg("--cache")
+            .arg(fx.path("cache"))
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        err.contains(&blob.display().to_string())
+            && err.contains(&format!("hashes to {}", sha256(b"y")))
+            && err.contains("the cache is damaged"),
+        "{err}"
+    );
+    let left: Vec<_> = fs::read_dir(fx.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n == "b" || n == "b.sha256" || n.starts_with(".airlock-bundle"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// `cmd` in a network namespace of its own (only a loopback that is down):
+/// nothing can be reached.
+fn offline(cmd: std::process::Command) -> std::process::Command {
+    let mut c = std::process::Command::new("unshare");
+    c.args(["--net", "--"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    if let Some(d) = cmd.get_current_dir() {
+        c.current_dir(d);
+    }
+    c
+}
+
+/// The connected side of a site whose base is an OCI image named by tag
+/// (pinned by `lock`, pulled by `fetch` from a registry on 127.0.0.1),
+/// plus a download: bundled, unsplit, into `carry/site.bundle`. Returns
+/// the bundle, the base image, the payload and the cache archive that
+/// holds the base.
+fn oci_bundle(site: &Path, carry: &Path) -> (PathBuf, Image, Vec<u8>, String) {
+    let base = site.join("base-layer.tar");
+    tarball(&base, &base_entries());
+    let img = Image::new(
+        "linux/amd64",
+        &[
+            fs::read(&base).unwrap(),
+            layer(&[
+                E::File("etc/from-the-image", b"layer two\n"),
+                E::File("boot/.wh.initrd.img-6.1.0-9-amd64", b""),
+            ]),
+        ],
+    );
+    let srv = Server::start();
+    serve_image(&srv, "site/base", Some("43"), &img);
+    let payload = noise(300_000);
+    srv.route("/payload.bin", Route::file(&payload));
+    let recipe = site.join("recipe.toml");
+    fs::write(
+        &recipe,
+        format!(
+            "name = \"t\"\n\n[base]\nimage = \"{}/site/base:43\"\n\n[[file]]\nsource = \"{}\"\n\
+             sha256 = \"{}\"\npath = \"/opt/payload.bin\"\n\n[node]\nhostname = \"n1\"\n\n\
+             [disk]\nsize = \"160MiB\"\nesp_size = \"40MiB\"\n",
+            srv.addr,
+            srv.url("/payload.bin"),
+            sha256(&payload)
+        ),
+    )
+    .unwrap();
+    let cache = site.join("cache");
+    let run = |verb: &str, extra: &[&str]| {
+        run_ok(
+            airlock()
+                .arg(verb)
+                .arg(&recipe)
+                .arg("--cache")
+                .arg(&cache)
+                .args(extra)
+                .env("HOME", site)
+                .env_remove("REGISTRY_AUTH_FILE")
+                .env_remove("DOCKER_CONFIG")
+                .env_remove("XDG_RUNTIME_DIR")
+                .output()
+                .unwrap(),
+        )
+    };
+    run("lock", &[]);
+    let lock = fs::read_to_string(site.join("recipe.toml.lock")).unwrap();
+    assert!(lock.contains(img.manifest.hex()), "{lock}");
+    run("fetch", &[]);
+    fs::create_dir_all(carry).unwrap();
+    let file = carry.join("site.bundle");
+    run("bundle", &["-o", file.to_str().unwrap()]);
+    let record = fs::read_dir(cache.join("oci"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let record: serde_json::Value = serde_json::from_slice(&fs::read(record).unwrap()).unwrap();
+    (
+        file,
+        img,
+        payload,
+        record["archive"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Lock, pulled OCI base, download: across the gap and built there from a
+/// fresh cache, with no network at all.
+#[test]
+fn a_bundle_with_a_lock_and_a_pulled_base_builds_offline() {
+    if !(is_root() && have("mke2fs") && have("unshare")) {
+        return;
+    }
+    let site = tempfile::tempdir().unwrap();
+    let far = tempfile::tempdir().unwrap();
+    let (file, img, payload, _) = oci_bundle(site.path(), far.path());
+    drop(site);
+    let mut build = airlock();
+    build
+        .current_dir(far.path())
+        .arg("build")
+        .arg("--from-bundle")
+        .arg(&file)
+        .arg("--cache")
+        .arg(far.path().join("cache"))
+        .arg("--out")
+        .arg(far.path().join("image"));
+    let log = run_ok(offline(build).output().unwrap());
+    assert!(
+        log.contains(&format!("image {}, 2 layers", img.manifest.digest)),
+        "{log}"
+    );
+    assert!(far
+        .path()
+        .join("out/from-bundle/site.bundle/recipe.toml.lock")
+        .is_file());
+    let m = manifest(&far.path().join("image"));
+    let (root_off, _) = partition(&m, "root");
+    let ext = ext4_view::Ext4::load(Box::new(PartReader {
+        file: fs::File::open(far.path().join("image/t.raw")).unwrap(),
+        offset: root_off,
+    }))
+    .unwrap();
+    assert_eq!(
+        ext.read_to_string("/etc/from-the-image").unwrap(),
+        "layer two\n"
+    );
+    assert!(!ext.exists("/boot/initrd.img-6.1.0-9-amd64").unwrap());
+    assert_eq!(ext.read("/var/opt/payload.bin").unwrap(), payload);
+}
+
+/// An input inside the bundle whose bytes differ from the bundle's
+/// manifest (the parts' own checksums recomputed to match, as a tamperer
+/// would) is named, with the input it belongs to, before anything is
+/// unpacked into the cache or built.
+#[test]
+fn a_corrupted_input_inside_the_bundle_is_named_before_the_build() {
+    let site = tempfile::tempdir().unwrap();
+    let far = tempfile::tempdir().unwrap();
+    let (file, img, _, archive) = oci_bundle(site.path(), far.path());
+    let target = format!("cache/sha256/{archive}");
+    let plain = zstd::decode_all(&fs::read(&file).unwrap()[..]).unwrap();
+    let mut out = tar::Builder::new(Vec::new());
+    let mut found = false;
+    for e in tar::Archive::new(&plain[..]).entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().display().to_string();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        if name == target {
+            let n = data.len();
+            data[n - 2000] ^= 0x20;
+            found = true;
+        }
+        let mut h = e.header().clone();
+        out.append_data(&mut h, &name, &data[..]).unwrap();
+    }
+    assert!(found, "{target} is in the bundle");
+    let bytes = zstd::encode_all(&out.into_inner().unwrap()[..], 3).unwrap();
+    fs::write(&file, &bytes).unwrap();
+    fs::write(
+        far.path().join("site.bundle.sha256"),
+        format!("{}  site.bundle\n", sha256(&bytes)),
+    )
+    .unwrap();
+    let err = run_err(
+        airlock()
+            .current_dir(far.path())
+            .arg("build")
+            .arg("--from-bundle")
+            .arg(&file)
+            .arg("--cache")
+            .arg(far.path().join("cache"))
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        err.contains(&format!("{target} (base ("))
+            && err.contains("/site/base:43")
+            && err.contains(&format!("the manifest says {archive}"))
+            && err.contains("nothing was used"),
+        "{err}"
+    );
+    let _ = img;
+    // The staging folder is gone; at most the empty folder it was made in
+    // stays.
+    let mut left = Vec::new();
+    let mut stack = vec![far.path().join("out")];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                left.push(p);
+            }
+        }
+    }
+    assert!(left.is_empty(), "something was unpacked: {left:?}");
+    assert!(
+        !far.path().join("cache").exists(),
+        "something entered the cache"
+    );
+}
+
+/// FAT32 holds files up to 4 GiB - 1 byte: `--split 4GiB` is warned about
+/// (with the size that fits), `--split 4095MiB` is not.
+#[test]
+fn a_split_size_too_big_for_fat32_is_warned_about() {
+    let fx = Fixture::new();
+    let recipe = fx.write_recipe(&fx.recipe_text());
+    let bundle = |split: &str| {
+        run_ok(
+            airlock()
+                .arg("bundle")
+                .arg(&recipe)
+                .arg("-o")
+                .arg(fx.path("b"))
+                .arg("--split")
+                .arg(split)
+                .arg("--cache")
+                .arg(fx.path("cache"))
+                .output()
+                .unwrap(),
+        )
+    };
+    let log = bundle("4GiB");
+    assert!(
+        log.contains("warning: --split 4GiB makes parts larger than FAT32 can hold")
+            && log.contains("use --split 4095MiB"),
+        "{log}"
+    );
+    assert!(fx.path("b.000").is_file(), "still written");
+    let log = bundle("4095MiB");
+    assert!(!log.contains("warning"), "{log}");
 }

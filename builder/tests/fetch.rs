@@ -456,3 +456,162 @@ fn lock_pins_urls_by_published_sums_or_by_downloading() {
         "{err}"
     );
 }
+
+/// An HTTPS file server on 127.0.0.1 (Python's http.server behind TLS)
+/// whose certificate is signed by a private CA made here; stopped on drop.
+struct Https {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Drop for Https {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// Makes `dir/ca.pem` and a certificate for IP 127.0.0.1 signed by it,
+/// and serves `dir/www` over HTTPS with it.
+fn https_server(dir: &Path) -> Https {
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &key,
+            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"],
+            &["-subj", "/CN=airlock test CA"],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &key,
+            &[
+                "-keyout",
+                "srv.key",
+                "-out",
+                "srv.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    fs::write(
+        dir.join("srv.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "srv.ext",
+    ]);
+    let script = "import http.server, os, ssl, sys\n\
+        os.chdir(sys.argv[1])\n\
+        srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)\n\
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+        ctx.load_cert_chain(sys.argv[2], sys.argv[3])\n\
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)\n\
+        print(srv.server_address[1], flush=True)\n\
+        srv.serve_forever()\n";
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(dir.join("www"))
+        .arg(dir.join("srv.pem"))
+        .arg(dir.join("srv.key"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    Https {
+        port: line.trim().parse().expect("the HTTPS server's port"),
+        child,
+    }
+}
+
+/// TLS is verified: a server whose CA the system does not trust is refused
+/// with a certificate error (and nothing enters the cache), and trusting
+/// the CA the documented way (SSL_CERT_FILE) lets the same fetch through.
+#[test]
+fn https_certificates_are_verified_and_a_private_ca_can_be_trusted() {
+    if !(common::have("openssl") && common::have("python3")) {
+        return;
+    }
+    let site = Site::new();
+    let tls = site.path("tls");
+    fs::create_dir_all(tls.join("www")).unwrap();
+    let payload = data("over tls", 100_000);
+    fs::write(tls.join("www/base.tar"), &payload).unwrap();
+    let srv = https_server(&tls);
+    let url = format!("https://127.0.0.1:{}/base.tar", srv.port);
+    let recipe = site.recipe((&url, Some(&sha256(&payload))), &[]);
+    let fetch = |ca: Option<&Path>| {
+        let mut c = airlock();
+        c.arg("fetch")
+            .arg(&recipe)
+            .arg("--cache")
+            .arg(site.cache())
+            .args(["--retry-delay", "20"])
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR");
+        if let Some(ca) = ca {
+            c.env("SSL_CERT_FILE", ca);
+        }
+        c.output().unwrap()
+    };
+    let err = run_err(fetch(None));
+    assert!(
+        err.contains(&url)
+            && err.contains("TLS verification failed")
+            && err.contains("UnknownIssuer"),
+        "{err}"
+    );
+    assert!(
+        err.contains("SSL_CERT_FILE"),
+        "says how to trust a CA: {err}"
+    );
+    assert!(site.store().is_empty(), "{:?}", site.store());
+    run_ok(fetch(Some(&tls.join("ca.pem"))));
+    assert!(site.cached(&sha256(&payload)));
+}

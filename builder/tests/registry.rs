@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use common::{airlock, run_err, run_ok, sha256};
 use servers::http::{Fault, Reply, Route, Server};
-use servers::oci::{index, layer, Image, E};
+use servers::oci::{archive, gzip, index, layer, Blob, Image, E};
 use servers::registry::{serve_blob, serve_image, serve_manifest, DockerRegistry};
 
 struct Site {
@@ -81,6 +81,68 @@ impl Site {
     fn store_has(&self, digest: &str) -> bool {
         self.cache().join("sha256").join(&digest[7..]).is_file()
     }
+
+    /// The sections a recipe with `[[image]]` entries needs, naming small
+    /// local files (enough for fetch and bundle, not for a node).
+    fn kube_inputs(&self) -> String {
+        let pin = |f: &str| {
+            fs::write(self.path(f), format!("{f} stand-in\n")).unwrap();
+            format!(
+                "{{ source = \"{f}\", sha256 = \"{}\" }}",
+                common::sha256_file(&self.path(f))
+            )
+        };
+        format!(
+            "\n[kubernetes]\nversion = \"1.34.11\"\nkubeadm = {}\nkubelet = {}\nkubectl = {}\n\n\
+             [containerd]\npackaged = true\nversion = \"2.1.9\"\n\n[cni]\nmanifest = {}\n\n\
+             [cluster]\ncontrol_plane_endpoint = \"10.0.0.10:6443\"\n",
+            pin("kubeadm"),
+            pin("kubelet"),
+            pin("kubectl"),
+            pin("cni.yml")
+        )
+    }
+
+    /// `airlock build` into `out/`, with no network at all.
+    fn build_offline(&self, recipe: &Path) -> std::process::Output {
+        offline(airlock())
+            .arg("build")
+            .arg(recipe)
+            .arg("--cache")
+            .arg(self.cache())
+            .arg("--out")
+            .arg(self.path("out"))
+            .output()
+            .unwrap()
+    }
+
+    /// The root filesystem of the image built into `out/`.
+    fn root_fs(&self) -> ext4_view::Ext4 {
+        let m: serde_json::Value =
+            serde_json::from_slice(&fs::read(self.path("out/manifest.json")).unwrap()).unwrap();
+        ext4_view::Ext4::load(Box::new(common::PartReader {
+            file: fs::File::open(self.path("out/t.raw")).unwrap(),
+            offset: m["disk"]["root"]["start"].as_u64().unwrap(),
+        }))
+        .unwrap()
+    }
+}
+
+/// `cmd` run by `unshare --net`: in a new network namespace whose only
+/// interface is a loopback that is down, so nothing can be reached.
+fn offline(cmd: std::process::Command) -> std::process::Command {
+    assert!(common::have("unshare"), "unshare (util-linux) is needed");
+    let mut c = std::process::Command::new("unshare");
+    c.args(["--net", "--"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
 }
 
 /// The entries of a tar archive: name → bytes.
@@ -309,24 +371,28 @@ fn registry_errors_are_retried() {
     assert_eq!(site.records().len(), 1);
 }
 
-#[test]
-fn token_auth_with_credentials_from_the_auth_file() {
-    let img = Image::hello("private", "linux/amd64");
-    let srv = fake("team/app", "1", &img);
+/// Makes every path of `img` (and tag `tag`) in `repo` on `srv` want a
+/// Bearer token from `srv`'s /token, which hands one out when `grant`
+/// says so.
+fn protect(
+    srv: &Server,
+    repo: &str,
+    tag: &str,
+    img: &Image,
+    grant: impl Fn(&servers::http::Request) -> bool + Send + Sync + 'static,
+) {
     let realm = srv.url("/token");
     let challenge =
-        format!("Bearer realm=\"{realm}\",service=\"fake\",scope=\"repository:team/app:pull\"");
-    // Every registry path wants the token; the token server wants Basic
-    // credentials (user:secret).
+        format!("Bearer realm=\"{realm}\",service=\"fake\",scope=\"repository:{repo}:pull\"");
     let paths = [
-        format!("/v2/team/app/manifests/{}", img.manifest.digest),
-        "/v2/team/app/manifests/1".into(),
+        format!("/v2/{repo}/manifests/{}", img.manifest.digest),
+        format!("/v2/{repo}/manifests/{tag}"),
     ]
     .into_iter()
     .chain(
         img.blobs()
             .into_iter()
-            .map(|b| format!("/v2/team/app/blobs/{}", b.digest)),
+            .map(|b| format!("/v2/{repo}/blobs/{}", b.digest)),
     )
     .collect::<Vec<String>>();
     for p in paths {
@@ -336,11 +402,8 @@ fn token_auth_with_credentials_from_the_auth_file() {
     }
     srv.route(
         "/token",
-        Route::handler(|req| {
-            let ok = req.header("authorization") == Some("Basic dXNlcjpzZWNyZXQ=")
-                && req.query.contains("scope=repository%3Ateam%2Fapp%3Apull")
-                && req.query.contains("service=fake");
-            if ok {
+        Route::handler(move |req| {
+            if grant(req) {
                 Reply {
                     status: 200,
                     headers: vec![],
@@ -355,6 +418,20 @@ fn token_auth_with_credentials_from_the_auth_file() {
             }
         }),
     );
+}
+
+#[test]
+fn token_auth_with_credentials_from_the_auth_file() {
+    let img = Image::hello("private", "linux/amd64");
+    let srv = fake("team/app", "1", &img);
+    // The token server wants Basic credentials (user:secret) and the scope
+    // and service of the challenge.
+    protect(&srv, "team/app", "1", &img, |req| {
+        req.method == "GET"
+            && req.header("authorization") == Some("Basic dXNlcjpzZWNyZXQ=")
+            && req.query.contains("scope=repository%3Ateam%2Fapp%3Apull")
+            && req.query.contains("service=fake")
+    });
     let site = Site::new();
     let recipe = site.recipe(&format!("{}/team/app:1", srv.addr), "");
     // No credentials: the error says how to log in.
@@ -371,15 +448,114 @@ fn token_auth_with_credentials_from_the_auth_file() {
         ),
     )
     .unwrap();
+    // One token per run, reused for every request after it.
+    let authorized = |srv: &Server| {
+        srv.requests()
+            .iter()
+            .filter(|r| {
+                r.path.starts_with("/v2/") && r.header("authorization") == Some("Bearer tok-123")
+            })
+            .count()
+    };
+    srv.clear_log();
     run_ok(site.run("lock", &recipe, &[]));
+    assert_eq!(srv.hits("/token").len(), 1);
+    srv.clear_log();
     run_ok(site.run("fetch", &recipe, &[]));
     assert_eq!(site.records().len(), 1);
-    // One token request served the whole pull.
+    assert_eq!(srv.hits("/token").len(), 1, "one token for the whole pull");
     assert!(
-        srv.hits("/token").len() <= 3,
-        "{:?}",
-        srv.hits("/token").len()
+        authorized(&srv) >= 2,
+        "the manifest and the layer were fetched with it: {:?}",
+        srv.requests()
     );
+}
+
+/// Credentials are looked up in `REGISTRY_AUTH_FILE`, then
+/// `$DOCKER_CONFIG/config.json` (or, without DOCKER_CONFIG,
+/// `~/.docker/config.json`); the first file with an entry for the registry
+/// wins. An `identitytoken` (what `docker login` stores for registries with
+/// OAuth2) is a refresh token: exchanged by a POST to the token server.
+#[test]
+fn credentials_come_from_the_usual_files_and_identity_tokens_are_exchanged() {
+    let img = Image::hello("private", "linux/amd64");
+    let srv = fake("team/app", "1", &img);
+    protect(&srv, "team/app", "1", &img, |req| {
+        let form = String::from_utf8_lossy(&req.body).into_owned();
+        let fields: Vec<&str> = form.split('&').collect();
+        match req.method.as_str() {
+            "GET" => req.header("authorization") == Some("Basic cmlnaHQ6cHc="),
+            "POST" => {
+                req.header("authorization").is_none()
+                    && [
+                        "grant_type=refresh_token",
+                        "refresh_token=idt-1",
+                        "service=fake",
+                    ]
+                    .iter()
+                    .all(|f| fields.contains(f))
+                    && fields.contains(&"scope=repository%3Ateam%2Fapp%3Apull")
+            }
+            _ => false,
+        }
+    });
+    let site = Site::new();
+    let recipe = site.recipe(&pinned(&srv, "team/app", &img), "");
+    let file = |path: &str, entry: &str| -> PathBuf {
+        let p = site.path(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, format!(r#"{{"auths":{{"{}":{entry}}}}}"#, srv.addr)).unwrap();
+        p
+    };
+    let right = r#"{"auth":"cmlnaHQ6cHc="}"#;
+    let wrong = r#"{"auth":"d3Jvbmc6cHc="}"#;
+    let runs = std::cell::Cell::new(0);
+    let fetch = |auth_file: Option<&Path>, docker_config: Option<&Path>| {
+        runs.set(runs.get() + 1);
+        let mut c = airlock();
+        c.arg("fetch")
+            .arg(&recipe)
+            .arg("--cache")
+            .arg(site.path(&format!("cache-{}", runs.get())))
+            .args(["--retries", "0"])
+            .env("HOME", site.path("home"))
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("DOCKER_CONFIG");
+        if let Some(f) = auth_file {
+            c.env("REGISTRY_AUTH_FILE", f);
+        }
+        if let Some(d) = docker_config {
+            c.env("DOCKER_CONFIG", d);
+        }
+        c.output().unwrap()
+    };
+    // ~/.docker/config.json
+    file("home/.docker/config.json", right);
+    run_ok(fetch(None, None));
+    // $DOCKER_CONFIG/config.json instead of ~/.docker.
+    file("home/.docker/config.json", wrong);
+    file("docker/config.json", right);
+    run_ok(fetch(None, Some(&site.path("docker"))));
+    let err = run_err(fetch(None, None));
+    assert!(err.contains("refused the stored credentials"), "{err}");
+    // REGISTRY_AUTH_FILE before both.
+    let auth = file("auth.json", right);
+    file("docker/config.json", wrong);
+    run_ok(fetch(Some(&auth), Some(&site.path("docker"))));
+    file("auth.json", wrong);
+    file("docker/config.json", right);
+    let err = run_err(fetch(Some(&auth), Some(&site.path("docker"))));
+    assert!(err.contains("refused the stored credentials"), "{err}");
+
+    // An identity token, with no password stored.
+    file("auth.json", r#"{"auth":"","identitytoken":"idt-1"}"#);
+    srv.clear_log();
+    let log = run_ok(fetch(Some(&auth), None));
+    let tokens = srv.hits("/token");
+    assert_eq!(tokens.len(), 1, "{log}");
+    assert_eq!(tokens[0].method, "POST");
+    assert!(!String::from_utf8_lossy(&tokens[0].body).contains("cmlnaHQ"));
 }
 
 #[test]
@@ -454,43 +630,31 @@ fn build_flattens_a_pulled_base_image_offline() {
     let amd = Image::new("linux/amd64", &[l1, l2, l3]);
     let arm = Image::hello("base", "linux/arm64");
     reg.push_index("fedora/bootc", "43", &[&amd, &arm], &index(&[&amd, &arm]));
-    let recipe = site.recipe(
-        &format!("{}/fedora/bootc:43", reg.host),
-        "\n[disk]\nsize = \"160MiB\"\nesp_size = \"40MiB\"\n",
-    );
+    let recipe = site.recipe(&format!("{}/fedora/bootc:43", reg.host), SMALL_DISK);
     run_ok(site.run("lock", &recipe, &[]));
     run_ok(site.run("fetch", &recipe, &[]));
-    // The registry is gone when the build runs: it must not be needed.
+    // In a network namespace of its own nothing is reachable, not even the
+    // registry on this machine's loopback...
+    let err = run_err(
+        offline(airlock())
+            .arg("fetch")
+            .arg(&recipe)
+            .arg("--cache")
+            .arg(site.path("other-cache"))
+            .args(["--retries", "0"])
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains(&reg.host), "{err}");
+    // ...and the build runs there, with the registry still up.
+    let log = run_ok(site.build_offline(&recipe));
     drop(reg);
-    let out = airlock()
-        .arg("build")
-        .arg(&recipe)
-        .arg("--cache")
-        .arg(site.cache())
-        .arg("--out")
-        .arg(site.path("out"))
-        .output()
-        .unwrap();
-    let log = run_ok(out);
     assert!(log.contains("3 layers"), "{log}");
-    let m: serde_json::Value =
-        serde_json::from_slice(&fs::read(site.path("out/manifest.json")).unwrap()).unwrap();
-    let root = &m["disk"]["root"];
-    let ext = ext4_view::Ext4::load(Box::new(common::PartReader {
-        file: fs::File::open(site.path("out/t.raw")).unwrap(),
-        offset: root["start"].as_u64().unwrap(),
-    }))
-    .unwrap();
+    let ext = site.root_fs();
     assert_eq!(ext.read_to_string("/etc/kept.conf").unwrap(), "upper");
     assert!(!ext.exists("/etc/gone.conf").unwrap(), "whiteout applied");
-    let data: Vec<String> = ext
-        .read_dir("/srv/data")
-        .unwrap()
-        .map(|e| e.unwrap().file_name().as_str().unwrap().to_string())
-        .filter(|n| n != "." && n != "..")
-        .collect();
     assert_eq!(
-        data,
+        names(&ext, "/srv/data"),
         ["new"],
         "opaque directory: only the upper layer's entries"
     );
@@ -498,7 +662,11 @@ fn build_flattens_a_pulled_base_image_offline() {
         ext.read("/boot/vmlinuz-6.1.0-28-amd64").unwrap(),
         b"MZ fake kernel"
     );
-    // No whiteout file anywhere in the image.
+    assert_no_whiteouts(&ext);
+}
+
+/// No whiteout file anywhere in the image.
+fn assert_no_whiteouts(ext: &ext4_view::Ext4) {
     let mut stack = vec!["/".to_string()];
     while let Some(dir) = stack.pop() {
         for e in ext.read_dir(dir.as_str()).unwrap() {
@@ -513,6 +681,208 @@ fn build_flattens_a_pulled_base_image_offline() {
             }
         }
     }
+}
+
+/// The names in a folder of the image, sorted.
+fn names(ext: &ext4_view::Ext4, dir: &str) -> Vec<String> {
+    let mut v: Vec<String> = ext
+        .read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().as_str().unwrap().to_string())
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    v.sort();
+    v
+}
+
+const SMALL_DISK: &str = "\n[disk]\nsize = \"160MiB\"\nesp_size = \"40MiB\"\n";
+
+/// A base from an OCI archive FILE (zstd-compressed, as `skopeo copy
+/// oci-archive:` output often is): a two-platform index whose amd64 image
+/// deletes across layers with whiteouts and opaque folders. And an archive
+/// holding only an arm64 image is refused for an amd64 build, naming the
+/// platform.
+#[test]
+fn build_flattens_a_compressed_oci_archive_file() {
+    if !(common::is_root() && common::have("mke2fs")) {
+        return;
+    }
+    let site = Site::new();
+    let l1 = base_layer(site.dir.path());
+    let l2 = layer(&[
+        E::Dir("srv/cache"),
+        E::File("srv/cache/lower-a", b"lower"),
+        E::File("srv/cache/deep/lower-b", b"lower"),
+        E::File("srv/olddir/file", b"lower"),
+        E::File("etc/removed.conf", b"lower"),
+        E::File("etc/readded.conf", b"lower"),
+    ]);
+    let l3 = layer(&[
+        E::File("srv/cache/.wh..wh..opq", b""),
+        E::File("srv/cache/upper", b"upper"),
+        E::File("srv/.wh.olddir", b""),
+        E::File("etc/.wh.removed.conf", b""),
+        E::File("etc/.wh.readded.conf", b""),
+    ]);
+    let l4 = layer(&[E::File("etc/readded.conf", b"top")]);
+    let amd = Image::new("linux/amd64", &[l1.clone(), l2, l3, l4]);
+    let arm = Image::hello("base", "linux/arm64");
+    let idx = index(&[&amd, &arm]);
+    let mut blobs: Vec<&Blob> = vec![&amd.manifest, &arm.manifest];
+    blobs.extend(amd.blobs());
+    blobs.extend(arm.blobs());
+    let file = zstd::encode_all(&archive(&idx, "example.org/base:1", &blobs)[..], 3).unwrap();
+    fs::write(site.path("base.oci.tar.zst"), &file).unwrap();
+    let recipe = site.path("recipe.toml");
+    let write = |file: &str, sha: &str| {
+        fs::write(
+            &recipe,
+            format!("name = \"t\"\n\n[base]\npath = \"{file}\"\nsha256 = \"{sha}\"\n\n[node]\nhostname = \"n1\"\n{SMALL_DISK}"),
+        )
+        .unwrap();
+    };
+    write("base.oci.tar.zst", &sha256(&file));
+    let log = run_ok(site.build_offline(&recipe));
+    assert!(
+        log.contains(&format!(
+            "linux/amd64 image {}, 4 layers",
+            amd.manifest.digest
+        )),
+        "{log}"
+    );
+    let ext = site.root_fs();
+    assert_eq!(names(&ext, "/srv/cache"), ["upper"], "opaque folder");
+    assert!(!ext.exists("/srv/olddir").unwrap(), "a whited-out folder");
+    assert!(
+        !ext.exists("/etc/removed.conf").unwrap(),
+        "a whited-out file"
+    );
+    assert_eq!(
+        ext.read_to_string("/etc/readded.conf").unwrap(),
+        "top",
+        "deleted, then added again by a later layer"
+    );
+    assert_eq!(
+        ext.read("/boot/vmlinuz-6.1.0-28-amd64").unwrap(),
+        b"MZ fake kernel"
+    );
+    assert_no_whiteouts(&ext);
+
+    // One arm64 image, no index and no platform label: its config says
+    // what it is.
+    let only_arm = Image::new("linux/arm64", &[l1]);
+    let file = gzip(&archive(
+        &only_arm.manifest,
+        "example.org/base:arm",
+        &only_arm.blobs(),
+    ));
+    fs::write(site.path("arm.oci.tar.gz"), &file).unwrap();
+    write("arm.oci.tar.gz", &sha256(&file));
+    fs::remove_dir_all(site.path("out")).unwrap();
+    let err = run_err(site.build_offline(&recipe));
+    assert!(
+        err.contains("base") && err.contains("is a linux/arm64 image, not linux/amd64"),
+        "{err}"
+    );
+    assert!(!site.path("out").exists(), "a refused base left output");
+}
+
+/// A pulled base whose cached archive changed, or was swapped for another
+/// image's, is refused by `build`, naming the base.
+#[test]
+fn build_refuses_a_cached_base_that_is_not_the_pinned_image() {
+    if !(common::is_root() && common::have("mke2fs")) {
+        return;
+    }
+    let site = Site::new();
+    let img = Image::new("linux/amd64", &[base_layer(site.dir.path())]);
+    let other = Image::new(
+        "linux/amd64",
+        &[
+            base_layer(site.dir.path()),
+            layer(&[E::File("etc/other", b"not the reviewed image")]),
+        ],
+    );
+    let srv = Server::start();
+    serve_image(&srv, "t/base", Some("1"), &img);
+    serve_image(&srv, "t/other", Some("1"), &other);
+    let other_recipe = site.recipe(&pinned(&srv, "t/other", &other), SMALL_DISK);
+    run_ok(site.run("fetch", &other_recipe, &[]));
+    let recipe = site.recipe(&pinned(&srv, "t/base", &img), SMALL_DISK);
+    run_ok(site.run("fetch", &recipe, &[]));
+    let record = |digest: &str| -> (PathBuf, serde_json::Value) {
+        fs::read_dir(site.cache().join("oci"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| {
+                let v: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+                (p, v)
+            })
+            .find(|(_, v)| v["digest"] == digest)
+            .unwrap()
+    };
+    let (rec_path, rec) = record(&img.manifest.digest);
+    let (_, other_rec) = record(&other.manifest.digest);
+    let archive_path = site
+        .cache()
+        .join("sha256")
+        .join(rec["archive"].as_str().unwrap());
+    let good = fs::read(&archive_path).unwrap();
+
+    // A byte of the layer changed in the cache (same size, every record
+    // untouched).
+    let at = good
+        .windows(img.layers[0].bytes.len())
+        .position(|w| w == &img.layers[0].bytes[..])
+        .unwrap();
+    let mut bad = good.clone();
+    bad[at + img.layers[0].bytes.len() / 2] ^= 0x01;
+    fs::write(&archive_path, &bad).unwrap();
+    let err = run_err(site.build_offline(&recipe));
+    assert!(
+        err.contains("the cached copy of base") && err.contains("the cache was changed"),
+        "{err}"
+    );
+    assert!(!site.path("out").exists());
+
+    // The archive replaced by the other image's (and the record's size
+    // made to match, as a careless copy or a tamperer would).
+    let other_archive = fs::read(
+        site.cache()
+            .join("sha256")
+            .join(other_rec["archive"].as_str().unwrap()),
+    )
+    .unwrap();
+    fs::write(&archive_path, &other_archive).unwrap();
+    let mut forged = rec.clone();
+    forged["size"] = other_archive.len().into();
+    fs::write(&rec_path, serde_json::to_vec(&forged).unwrap()).unwrap();
+    let err = run_err(site.build_offline(&recipe));
+    assert!(
+        err.contains("base")
+            && err.contains(&format!(
+                "holds {}, not the pinned {}",
+                other.manifest.digest, img.manifest.digest
+            )),
+        "{err}"
+    );
+    assert!(!site.path("out").exists());
+
+    // The record pointing at the other image's archive.
+    fs::write(&archive_path, &good).unwrap();
+    let mut forged = rec.clone();
+    forged["archive"] = other_rec["archive"].clone();
+    forged["size"] = other_rec["size"].clone();
+    fs::write(&rec_path, serde_json::to_vec(&forged).unwrap()).unwrap();
+    let err = run_err(site.build_offline(&recipe));
+    assert!(
+        err.contains(&format!("not the pinned {}", img.manifest.digest)),
+        "{err}"
+    );
+
+    // Put right, the same cache builds.
+    fs::write(&rec_path, serde_json::to_vec(&rec).unwrap()).unwrap();
+    run_ok(site.build_offline(&recipe));
 }
 
 #[test]
@@ -550,5 +920,83 @@ fn build_refuses_a_base_layer_escaping_the_root() {
     assert!(
         !site.path("out").exists(),
         "a failed build left output behind"
+    );
+}
+
+/// Two references (other repositories, other tags) to one digest: the
+/// image is pulled once, and each reference gets an archive naming it, as
+/// the node imports it under each name.
+#[test]
+fn two_names_for_one_digest_each_get_an_archive() {
+    let img = Image::hello("shared", "linux/amd64");
+    let srv = Server::start();
+    serve_image(&srv, "team/a", Some("1"), &img);
+    serve_image(&srv, "mirror/b", Some("2"), &img);
+    let site = Site::new();
+    let a = pinned(&srv, "team/a", &img);
+    let b = format!("{}/mirror/b:2@{}", srv.addr, img.manifest.digest);
+    let recipe = site.recipe(
+        &a,
+        &format!("{}\n[[image]]\nref = \"{b}\"\n", site.kube_inputs()),
+    );
+    run_ok(site.run("fetch", &recipe, &[]));
+    let mut names: Vec<String> = site
+        .records()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["digest"], img.manifest.digest);
+            let archive = site
+                .cache()
+                .join("sha256")
+                .join(r["archive"].as_str().unwrap());
+            let index: serde_json::Value =
+                serde_json::from_slice(&tar_entries(&archive)["index.json"]).unwrap();
+            let name = r["name"].as_str().unwrap().to_string();
+            assert_eq!(
+                index["manifests"][0]["annotations"]["io.containerd.image.name"],
+                name.as_str(),
+                "the archive names its own reference"
+            );
+            name
+        })
+        .collect();
+    names.sort();
+    let mut want = vec![format!("{}/mirror/b:2", srv.addr), a.clone()];
+    want.sort();
+    assert_eq!(names, want);
+    assert_eq!(
+        srv.hits(&format!("/v2/team/a/blobs/{}", img.layers[0].digest))
+            .len()
+            + srv
+                .hits(&format!("/v2/mirror/b/blobs/{}", img.layers[0].digest))
+                .len(),
+        1,
+        "the layer is pulled once"
+    );
+    // Both resolve from the cache: a second fetch transfers nothing, and a
+    // bundle (which takes every input from the cache) finds both.
+    srv.clear_log();
+    let out = site.run("fetch", &recipe, &["--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    run_ok(out);
+    assert!(
+        report
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["status"] == "cached"),
+        "{report}"
+    );
+    assert!(srv.requests().is_empty());
+    run_ok(
+        airlock()
+            .arg("bundle")
+            .arg(&recipe)
+            .arg("-o")
+            .arg(site.path("b.bundle"))
+            .arg("--cache")
+            .arg(site.cache())
+            .output()
+            .unwrap(),
     );
 }

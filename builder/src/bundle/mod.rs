@@ -156,6 +156,19 @@ pub fn bundle(opts: &BundleOptions) -> Result<Written> {
                 }
             }
         }
+        // A cache blob must still be what its name says, or the far side
+        // would refuse the bundle: say so here, where fetch can mend it.
+        for (name, got) in &files {
+            if let Some(hex) = name.strip_prefix("cache/sha256/") {
+                if hex != got {
+                    bail!(
+                        "{}: the cached file hashes to {got}, not its name: the cache is damaged; \
+                         delete it and run `airlock fetch` again (nothing was written)",
+                        cache.blob(hex).display()
+                    );
+                }
+            }
+        }
         for (name, want, what) in &checks {
             let got = files.get(name).map(String::as_str).unwrap_or("nothing");
             if got != want {

@@ -80,7 +80,16 @@ pub fn unpack(
             manifest.format
         );
     }
-    compare(&manifest.files, &got)?;
+    compare(&manifest.files, &got, &labels(&manifest, staging.path()))?;
+    // A blob whose bytes are not its name (a bundle made from a damaged
+    // cache) is refused even when the manifest agrees with the bytes.
+    for (name, sha) in &got {
+        if let Some(hex) = name.strip_prefix("cache/sha256/") {
+            if hex != sha {
+                bail!("the bundle's {name} hashes to {sha}: the bundle was made from a damaged cache (nothing was used)");
+            }
+        }
+    }
     check_name(&manifest.recipe)?;
     let recipe_rel = manifest
         .recipe
@@ -124,15 +133,56 @@ pub fn unpack(
     })
 }
 
+/// Which input each cache file of the bundle belongs to, for messages:
+/// a download by its digest, an image archive through the record that
+/// names it (records are only read for this, never trusted).
+fn labels(manifest: &Manifest, staging: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let by_digest: BTreeMap<&str, String> = manifest
+        .inputs
+        .iter()
+        .map(|i| (i.sha256.as_str(), format!("{} ({})", i.what, i.source)))
+        .collect();
+    for i in &manifest.inputs {
+        out.insert(
+            format!("cache/sha256/{}", i.sha256),
+            format!("{} ({})", i.what, i.source),
+        );
+    }
+    let records = staging.join("cache/oci");
+    for e in fs::read_dir(&records).into_iter().flatten().flatten() {
+        let Ok(bytes) = fs::read(e.path()) else {
+            continue;
+        };
+        let Ok(rec) = serde_json::from_slice::<crate::registry::ArchiveRecord>(&bytes) else {
+            continue;
+        };
+        let pinned = rec.digest.trim_start_matches("sha256:");
+        if let Some(label) = by_digest.get(pinned) {
+            out.insert(format!("cache/sha256/{}", rec.archive), label.clone());
+        }
+    }
+    out
+}
+
 /// Every file the manifest lists arrived with its sha256, and no other.
-fn compare(want: &BTreeMap<String, String>, got: &BTreeMap<String, String>) -> Result<()> {
+/// `labels` names the input a file belongs to.
+fn compare(
+    want: &BTreeMap<String, String>,
+    got: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> Result<()> {
     let mut problems = Vec::new();
     for (name, sha) in want {
+        let of = labels
+            .get(name)
+            .map(|l| format!(" ({l})"))
+            .unwrap_or_default();
         match got.get(name) {
-            None => problems.push(format!("{name} is missing")),
-            Some(g) if g != sha => {
-                problems.push(format!("{name} has sha256 {g}, the manifest says {sha}"))
-            }
+            None => problems.push(format!("{name}{of} is missing")),
+            Some(g) if g != sha => problems.push(format!(
+                "{name}{of} has sha256 {g}, the manifest says {sha}"
+            )),
             _ => {}
         }
     }
@@ -202,13 +252,8 @@ fn extract(stream: impl Read, dir: &Path) -> Result<Extracted> {
                     io::Write::write_all(&mut f, &buf[..n]).with_context(ctx)?;
                 }
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode)).with_context(ctx)?;
-                let sha = hex::encode(h.finalize());
-                if let Some(hex) = name.strip_prefix("cache/sha256/") {
-                    if hex != sha {
-                        bail!("the bundle's cache/sha256/{hex} hashes to {sha}: the bundle was made from a damaged cache");
-                    }
-                }
-                got.insert(name, sha);
+                // Checked against the manifest (and blob names) once all is in.
+                got.insert(name, hex::encode(h.finalize()));
             }
             tar::EntryType::Directory => match fs::symlink_metadata(&path) {
                 Ok(m) if m.is_dir() => {}

@@ -135,10 +135,20 @@ pub struct BundleArgs {
     pub json: bool,
 }
 
+/// The largest file FAT32 can hold.
+const FAT32_MAX_FILE: u64 = (4 << 30) - 1;
+
 pub fn bundle(a: BundleArgs) -> Result<()> {
     if let Some(s) = &a.split {
         if s.0 < 1 << 20 {
             anyhow::bail!("--split {s} is too small: parts must be at least 1MiB");
+        }
+        // FAT32 stores sizes in 32 bits: a part of exactly 4 GiB does not fit.
+        if s.0 > FAT32_MAX_FILE {
+            eprintln!(
+                "airlock: warning: --split {s} makes parts larger than FAT32 can hold \
+                 (4 GiB - 1 byte per file); for FAT32 sticks use --split 4095MiB"
+            );
         }
     }
     let written = crate::bundle::bundle(&crate::bundle::BundleOptions {

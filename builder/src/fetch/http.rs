@@ -103,6 +103,15 @@ impl Http {
         req.call().map_err(|e| transport(url, e))
     }
 
+    /// Sends a POST of an `application/x-www-form-urlencoded` form (an
+    /// OAuth2 token request); errors as for [`Http::get`].
+    pub fn post_form(&self, url: &str, form: &[(&str, &str)]) -> Attempt<Response<Body>> {
+        self.agent
+            .post(url)
+            .send_form(form.iter().copied())
+            .map_err(|e| transport(url, e))
+    }
+
     /// Runs `attempt` until it succeeds, fails permanently, or the retries
     /// are used up; `what` names the transfer in the log.
     pub fn with_retry<T>(
@@ -144,15 +153,27 @@ fn transport(url: &str, e: ureq::Error) -> Failure {
         ureq::Error::ConnectionFailed => format!("connecting to {url}: connection failed"),
         _ => format!("requesting {url}: {e}"),
     };
-    match e {
-        ureq::Error::BadUri(_) | ureq::Error::RequireHttpsOnly(_) | ureq::Error::InvalidProxyUrl => {
-            Failure::Permanent(anyhow!(msg))
+    // rustls reports a certificate it cannot verify as an I/O error of the
+    // handshake, so that is recognised by its message.
+    let bad_certificate = match &e {
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => true,
+        ureq::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::InvalidData && io.to_string().contains("certificate")
         }
-        // A certificate the system does not trust stays untrusted.
-        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => Failure::Permanent(anyhow!(
-            "{msg}; TLS verification failed (airlock trusts the system's CA store: \
-             add a private CA there, e.g. /usr/local/share/ca-certificates + update-ca-certificates)"
-        )),
+        _ => false,
+    };
+    if bad_certificate {
+        // A certificate that is not trusted now will not be on a retry.
+        return Failure::Permanent(anyhow!(
+            "{msg}; TLS verification failed. airlock trusts the system's CA store: add a private \
+             CA there (/usr/local/share/ca-certificates, then update-ca-certificates), or set \
+             SSL_CERT_FILE to a PEM file of the CAs to trust (it replaces the system store)"
+        ));
+    }
+    match e {
+        ureq::Error::BadUri(_)
+        | ureq::Error::RequireHttpsOnly(_)
+        | ureq::Error::InvalidProxyUrl => Failure::Permanent(anyhow!(msg)),
         _ => Failure::Transient(anyhow!(msg), None),
     }
 }

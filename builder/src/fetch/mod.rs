@@ -77,13 +77,32 @@ pub fn fetch(opts: &FetchOptions) -> Result<Vec<Fetched>> {
 /// The jobs for a recipe: every input must be pinned (by the recipe or
 /// its lock) before anything is transferred.
 pub(crate) fn plan(loaded: &Loaded) -> Result<Vec<Job>> {
-    let mut jobs = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut seen = std::collections::HashMap::new();
     for i in loaded.inputs() {
         let sha256 = loaded.pinned(&i)?;
-        if !seen.insert(sha256.clone()) {
-            continue; // the same bytes named twice
+        // The same bytes named twice are fetched once. An image is keyed by
+        // its platforms too (they decide which blobs are pulled).
+        let key = match &i.resolved {
+            Source::Image(img) => format!("{sha256} {}", img.platforms.join(",")),
+            _ => sha256.clone(),
+        };
+        if let Some(&at) = seen.get(&key) {
+            // Under another name, an image still needs an archive naming it
+            // (the node imports it under that name): pulled once, written
+            // for each name.
+            if let (Job::Image(job), Source::Image(img)) = (&mut jobs[at], &i.resolved) {
+                if !std::iter::once(&job.source)
+                    .chain(&job.aliases)
+                    .any(|s| s.reference == img.reference)
+                {
+                    crate::registry::pull_job(loaded, &i.what, &i.at, img, &sha256)?;
+                    job.aliases.push(img.clone());
+                }
+            }
+            continue;
         }
+        seen.insert(key, jobs.len());
         jobs.push(match i.resolved {
             Source::Url(url) => Job::Url(Download::new(i.what, url, Some(sha256), i.at)),
             Source::Path(p) => Job::Local(Wanted {

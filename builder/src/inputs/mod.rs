@@ -49,6 +49,11 @@ pub struct Resolved {
     /// Recognised by metadata alone: the input was not read this time.
     #[serde(skip)]
     pub metadata_hit: bool,
+    /// For an image: the digest the recipe or its lock pins
+    /// (`sha256:…`, an index or one manifest), which the archive's
+    /// `index.json` must name.
+    #[serde(skip)]
+    pub pin: Option<String>,
 }
 
 pub struct Cache {
@@ -122,7 +127,9 @@ impl Cache {
                 }
                 (url.clone(), blob)
             }
-            Source::Image(img) => match crate::registry::cached_archive(self, img, &w.sha256)? {
+            Source::Image(img) => match crate::registry::cached_archive(self, img, &w.sha256)
+                .with_context(|| format!("{}: {}", w.at, w.what))?
+            {
                 // The archive's own digest identifies it from here on (the
                 // node checks it before importing); the source keeps the pin.
                 Some((_, rec)) => {
@@ -138,6 +145,7 @@ impl Cache {
                         size,
                         path,
                         metadata_hit: true,
+                        pin: Some(format!("sha256:{}", w.sha256)),
                     });
                 }
                 None => bail!(
@@ -170,6 +178,7 @@ impl Cache {
             size,
             path,
             metadata_hit,
+            pin: None,
         })
     }
 

@@ -9,16 +9,29 @@ use anyhow::{Context, Result};
 use base64::Engine;
 use serde::Deserialize;
 
-/// A user name and password (or token) for one registry.
+/// A user name and password for one registry, or the identity token
+/// `docker login` stores for registries that issue one.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credential {
     pub username: String,
     pub password: String,
+    /// An OAuth2 refresh token: exchanged at the token server
+    /// (`grant_type=refresh_token`), never sent to the registry itself.
+    pub identity_token: Option<String>,
 }
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credential({}, <redacted>)", self.username)
+        write!(
+            f,
+            "Credential({}, <redacted>{})",
+            self.username,
+            if self.identity_token.is_some() {
+                ", identity token"
+            } else {
+                ""
+            }
+        )
     }
 }
 
@@ -160,22 +173,22 @@ impl Credentials {
 }
 
 fn decode(e: &AuthEntry) -> Result<Option<Credential>> {
-    if let Some(token) = &e.identity_token {
-        if !token.is_empty() {
-            return Ok(Some(Credential {
-                username: "<token>".into(),
-                password: token.clone(),
-            }));
-        }
-    }
+    let identity_token = e.identity_token.clone().filter(|t| !t.is_empty());
     if let (Some(u), Some(p)) = (&e.username, &e.password) {
         return Ok(Some(Credential {
             username: u.clone(),
             password: p.clone(),
+            identity_token,
         }));
     }
     let Some(auth) = e.auth.as_deref().filter(|a| !a.is_empty()) else {
-        return Ok(None);
+        // `docker login` to a registry that issues identity tokens stores
+        // the token and a user name only.
+        return Ok(identity_token.map(|t| Credential {
+            username: String::new(),
+            password: String::new(),
+            identity_token: Some(t),
+        }));
     };
     let raw = base64::engine::general_purpose::STANDARD
         .decode(auth.trim())
@@ -187,6 +200,7 @@ fn decode(e: &AuthEntry) -> Result<Option<Credential>> {
     Ok(Some(Credential {
         username: u.to_string(),
         password: p.to_string(),
+        identity_token,
     }))
 }
 
@@ -368,6 +382,7 @@ mod tests {
         let cred = Credential {
             username: "a".into(),
             password: "b".into(),
+            identity_token: None,
         };
         assert_eq!(cred.basic_header(), "Basic YTpi");
         assert!(

@@ -88,6 +88,14 @@ impl<'a> Client<'a> {
             .map_err(Failure::Permanent)?;
         let value = match challenge {
             Challenge::Basic => match &cred {
+                Some(c) if c.identity_token.is_some() && c.password.is_empty() => {
+                    return Err(Failure::Permanent(anyhow!(
+                        "{url}: the registry wants a password for {}, and the stored credential is \
+                         an identity token, which only a token server accepts; {}",
+                        ep.registry,
+                        self.creds.hint(&ep.registry)
+                    )))
+                }
                 Some(c) => c.basic_header(),
                 None => {
                     return Err(Failure::Permanent(anyhow!(
@@ -152,12 +160,30 @@ impl<'a> Client<'a> {
         if let Some(s) = service {
             url.push_str(&format!("&service={}", encode(s)));
         }
-        let basic = cred.map(|c| c.basic_header());
-        let headers: Vec<(&str, &str)> = basic
-            .iter()
-            .map(|b| ("Authorization", b.as_str()))
-            .collect();
-        let mut resp = self.http.get(&url, &headers)?;
+        let mut resp = match cred.and_then(|c| c.identity_token.as_deref()) {
+            // An identity token is an OAuth2 refresh token: exchanged by a
+            // POST to the realm, as the distribution token spec says.
+            Some(refresh) => {
+                let mut form = vec![
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh),
+                    ("client_id", "airlock"),
+                    ("scope", scope),
+                ];
+                if let Some(s) = service {
+                    form.push(("service", s));
+                }
+                self.http.post_form(realm, &form)?
+            }
+            None => {
+                let basic = cred.map(|c| c.basic_header());
+                let headers: Vec<(&str, &str)> = basic
+                    .iter()
+                    .map(|b| ("Authorization", b.as_str()))
+                    .collect();
+                self.http.get(&url, &headers)?
+            }
+        };
         if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
             return Err(Failure::Permanent(anyhow!(
                 "the token server {realm} refused {} for {scope}; {}",

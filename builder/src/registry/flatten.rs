@@ -9,7 +9,8 @@ use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 
 use super::layout::Archive;
-use super::manifest::{select, Doc, Manifest, Platform};
+use super::manifest::{select, ConfigPlatform, Doc, Manifest, Platform};
+use crate::inputs::Resolved;
 use crate::tree::extract::{self, ExtractOpts, ExtractStats};
 use crate::tree::Root;
 
@@ -36,13 +37,31 @@ pub struct Flattened {
 
 /// Picks the image for `platform` in an OCI archive and returns its
 /// manifest digest and manifest, every document verified on the way.
-pub fn image_manifest(ar: &Archive, platform: &Platform) -> Result<(String, Manifest)> {
+/// With a `pin` (`sha256:…`), the archive must hold that image; either
+/// way the image's config must say it runs on `platform`.
+pub fn image_manifest(
+    ar: &Archive,
+    platform: &Platform,
+    pin: Option<&str>,
+) -> Result<(String, Manifest)> {
     let shown = ar.path().display().to_string();
     let entries = &ar.index.manifests;
-    let top = match entries.len() {
-        0 => bail!("{shown}: index.json lists no image"),
-        1 => &entries[0],
-        _ => entries
+    let top = match (pin, entries.len()) {
+        (Some(pin), _) => entries.iter().find(|d| d.digest == pin).with_context(|| {
+            let held: Vec<&str> = entries.iter().map(|d| d.digest.as_str()).collect();
+            format!(
+                "{shown} holds {}, not the pinned image {pin}: the cache was changed or holds \
+                 another image under this name; delete it and run `airlock fetch` again",
+                if held.is_empty() {
+                    "no image".to_string()
+                } else {
+                    held.join(", ")
+                }
+            )
+        })?,
+        (None, 0) => bail!("{shown}: index.json lists no image"),
+        (None, 1) => &entries[0],
+        (None, _) => entries
             .iter()
             .find(|d| d.platform.as_ref().is_some_and(|p| p.serves(platform)))
             .with_context(|| {
@@ -75,22 +94,42 @@ pub fn image_manifest(ar: &Archive, platform: &Platform) -> Result<(String, Mani
             }
         }
     };
+    // An index entry's platform is only a label: the config says what the
+    // binaries run on (a single-image archive has no label at all).
+    let config = ar
+        .read_verified(&manifest.config.digest, Some(manifest.config.size))
+        .with_context(|| format!("reading the config of {digest} in {shown}"))?;
+    let cfg: ConfigPlatform = serde_json::from_slice(&config)
+        .with_context(|| format!("parsing the config of {digest} in {shown}"))?;
+    let has = cfg.platform();
+    if cfg.os.is_empty() || cfg.architecture.is_empty() {
+        bail!("{shown}: the image {digest} does not say which platform it is for (its config has no os/architecture), so it cannot be used as a {platform} base");
+    }
+    if !has.serves(platform) {
+        bail!(
+            "{shown}: the image {digest} is a {has} image, not {platform}: use an image (or index) \
+             that has a {platform} image, or set [base] platform to the nodes' platform"
+        );
+    }
     Ok((digest, manifest))
 }
 
-/// Flattens the image for `platform` in the OCI archive at `path` into
-/// `root`. `what` names the base in errors.
+/// Flattens the image for `platform` in the OCI archive `base` (a verified
+/// input: its bytes are hashed against its pin while the archive is read)
+/// into `root`. `what` names the base in errors.
 pub fn flatten_archive(
     root: &Root,
-    path: &Path,
+    base: &Resolved,
     platform: &Platform,
     epoch: i64,
     what: &str,
     bar: &ProgressBar,
 ) -> Result<Flattened> {
-    let ar = Archive::open(path)?;
-    let (digest, manifest) =
-        image_manifest(&ar, platform).with_context(|| format!("reading {what}"))?;
+    let (raw, check) = base.open_checked()?;
+    let ar = Archive::open_stream(&base.path, raw).with_context(|| format!("reading {what}"))?;
+    check.finish()?;
+    let (digest, manifest) = image_manifest(&ar, platform, base.pin.as_deref())
+        .with_context(|| format!("reading {what}"))?;
     // Check the config and every layer before anything reaches the tree.
     ar.verify(&manifest.config.digest, Some(manifest.config.size))
         .with_context(|| format!("checking {what}"))?;
@@ -206,6 +245,20 @@ mod tests {
         gz.finish().unwrap()
     }
 
+    /// The archive at `path` as a verified input (pinned to its own bytes).
+    fn input(path: &std::path::Path, pin: Option<&str>) -> Resolved {
+        let bytes = std::fs::read(path).unwrap();
+        Resolved {
+            what: "base".into(),
+            source: path.display().to_string(),
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            size: bytes.len() as u64,
+            path: path.to_path_buf(),
+            metadata_hit: false,
+            pin: pin.map(str::to_string),
+        }
+    }
+
     fn put(cache: &Cache, data: &[u8]) -> Descriptor {
         let hex = hex::encode(Sha256::digest(data));
         std::fs::create_dir_all(cache.root().join("sha256")).unwrap();
@@ -242,6 +295,106 @@ mod tests {
         cache.blob(&sha)
     }
 
+    /// An archive whose one image (no index, no platform label) is for
+    /// `arch`.
+    fn single(cache: &Cache, arch: &str, layers: &[Vec<u8>]) -> std::path::PathBuf {
+        let cfg_json = format!(r#"{{"architecture":"{arch}","os":"linux"}}"#);
+        let mut cfg = put(cache, cfg_json.as_bytes());
+        cfg.media_type = "application/vnd.oci.image.config.v1+json".into();
+        let ls: Vec<Descriptor> = layers.iter().map(|l| put(cache, l)).collect();
+        let m = serde_json::json!({ "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cfg, "layers": ls });
+        let mut md = put(cache, &serde_json::to_vec(&m).unwrap());
+        md.media_type = OCI_MANIFEST.into();
+        let mut blobs = vec![cfg.digest.clone()];
+        blobs.extend(ls.iter().map(|l| l.digest.clone()));
+        let (sha, _) = write_archive(cache, &md, "example.org/single:1", &blobs).unwrap();
+        cache.blob(&sha)
+    }
+
+    #[test]
+    fn an_image_for_another_platform_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::new(d.path());
+        let path = single(&cache, "arm64", &[layer(&[E::File("payload", b"1")])]);
+        let (_t, root) = setup();
+        let amd64 = Platform::parse("linux/amd64").unwrap();
+        let err = flatten_archive(
+            &root,
+            &input(&path, None),
+            &amd64,
+            0,
+            "base",
+            &ProgressBar::hidden(),
+        )
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("is a linux/arm64 image, not linux/amd64"),
+            "{msg}"
+        );
+        assert!(!root.exists("payload"));
+        // The same archive serves an arm64 build.
+        flatten_archive(
+            &root,
+            &input(&path, None),
+            &Platform::parse("linux/arm64").unwrap(),
+            0,
+            "base",
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        assert!(root.exists("payload"));
+    }
+
+    #[test]
+    fn the_archive_must_be_the_pinned_one() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::new(d.path());
+        let l = layer(&[E::File("payload", b"1")]);
+        let path = single(&cache, "amd64", std::slice::from_ref(&l));
+        let amd64 = Platform::parse("linux/amd64").unwrap();
+        let held = Archive::open(&path).unwrap().index.manifests[0]
+            .digest
+            .clone();
+        let (_t, root) = setup();
+        // Another image than the one pinned (a record pointing elsewhere).
+        let other = format!("sha256:{}", "e".repeat(64));
+        let err = flatten_archive(
+            &root,
+            &input(&path, Some(&other)),
+            &amd64,
+            0,
+            "base x",
+            &ProgressBar::hidden(),
+        )
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("reading base x")
+                && msg.contains(&format!("holds {held}, not the pinned image {other}")),
+            "{msg}"
+        );
+        assert!(!root.exists("payload"));
+        // The pinned image, but the archive's bytes changed since they were
+        // verified (here: index.json rewritten, every blob still intact).
+        let pinned = input(&path, Some(&held));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes
+            .windows(b"example.org".len())
+            .position(|w| w == b"example.org")
+            .unwrap();
+        bytes[at..at + 7].copy_from_slice(b"EXAMPLE");
+        std::fs::write(&path, &bytes).unwrap();
+        let err = flatten_archive(&root, &pinned, &amd64, 0, "base x", &ProgressBar::hidden())
+            .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("the cached copy of base") && msg.contains("the cache was changed"),
+            "{msg}"
+        );
+        assert!(!root.exists("payload"));
+    }
+
     #[test]
     fn layers_apply_in_order_with_whiteouts() {
         let d = tempfile::tempdir().unwrap();
@@ -268,7 +421,7 @@ mod tests {
         let (t, root) = setup();
         let f = flatten_archive(
             &root,
-            &path,
+            &input(&path, None),
             &Platform::parse("linux/amd64").unwrap(),
             1_700_000_000,
             "base",
@@ -309,7 +462,7 @@ mod tests {
         assert_canary_untouched(&t);
         let err = flatten_archive(
             &root,
-            &path,
+            &input(&path, None),
             &Platform::parse("linux/s390x").unwrap(),
             0,
             "base",
@@ -322,7 +475,7 @@ mod tests {
         );
         let err = flatten_archive(
             &root,
-            &path,
+            &input(&path, None),
             &Platform::parse("linux/arm64").unwrap(),
             0,
             "base",
@@ -344,7 +497,7 @@ mod tests {
         let (t, root) = setup();
         let err = flatten_archive(
             &root,
-            &path,
+            &input(&path, None),
             &Platform::parse("linux/amd64").unwrap(),
             0,
             "base x",
@@ -377,7 +530,7 @@ mod tests {
         let (_t, root) = setup();
         let err = flatten_archive(
             &root,
-            &bad,
+            &input(&bad, None),
             &Platform::parse("linux/amd64").unwrap(),
             0,
             "base",

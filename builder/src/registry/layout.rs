@@ -185,9 +185,27 @@ impl Archive {
     /// Opens an archive; a compressed one is first decompressed into an
     /// unnamed temporary file.
     pub fn open(path: &Path) -> Result<Archive> {
-        let shown = path.to_path_buf();
-        let mut file =
+        let file =
             File::open(path).with_context(|| format!("opening OCI archive {}", path.display()))?;
+        Archive::open_from(path, file, None::<File>)
+    }
+
+    /// Opens an archive reading its bytes once, front to back, from `src`
+    /// (for a caller that hashes them on the way: a plain archive is not
+    /// skipped through by seeking). Blobs are read later from `path`, or
+    /// from the decompressed copy.
+    pub fn open_stream(path: &Path, src: impl Read + Send + 'static) -> Result<Archive> {
+        let file =
+            File::open(path).with_context(|| format!("opening OCI archive {}", path.display()))?;
+        Archive::open_from(path, file, Some(src))
+    }
+
+    fn open_from(
+        path: &Path,
+        mut file: File,
+        src: Option<impl Read + Send + 'static>,
+    ) -> Result<Archive> {
+        let shown = path.to_path_buf();
         let mut magic = [0u8; 6];
         let n = file
             .read(&mut magic)
@@ -197,41 +215,35 @@ impl Archive {
             && (magic.starts_with(&[0x1f, 0x8b])
                 || magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
                 || magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]));
-        if compressed {
+        let (blobs, index_bytes) = if compressed {
             let mut plain = tempfile::tempfile()
                 .context("creating a temporary file to decompress an OCI archive")?;
-            let mut reader = crate::tree::extract::open_decompressed(path)?;
+            let mut reader = match src {
+                Some(s) => crate::tree::extract::open_decompressed_reader(s, path)?,
+                None => crate::tree::extract::open_decompressed(path)?,
+            };
             io::copy(&mut reader, &mut plain)
                 .with_context(|| format!("decompressing {}", path.display()))?;
             plain.seek(SeekFrom::Start(0))?;
             file = plain;
-        }
-        let mut blobs = BTreeMap::new();
-        let mut index_bytes = None;
-        {
             let mut archive = tar::Archive::new(&mut file);
-            for entry in archive
+            let entries = archive
                 .entries_with_seek()
-                .with_context(|| format!("reading {}", path.display()))?
-            {
-                let mut entry = entry.with_context(|| format!("reading {}", path.display()))?;
-                let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-                let name = name.trim_start_matches("./").to_string();
-                if entry.header().entry_type() != tar::EntryType::Regular {
-                    continue;
-                }
-                if name == "index.json" {
-                    let mut b = Vec::new();
-                    (&mut entry)
-                        .take(4 << 20)
-                        .read_to_end(&mut b)
-                        .with_context(|| format!("reading index.json in {}", path.display()))?;
-                    index_bytes = Some(b);
-                } else if let Some(hex) = name.strip_prefix("blobs/sha256/") {
-                    blobs.insert(hex.to_string(), (entry.raw_file_position(), entry.size()));
-                }
-            }
-        }
+                .with_context(|| format!("reading {}", path.display()))?;
+            index_entries(entries, path)?
+        } else if let Some(s) = src {
+            let mut archive = tar::Archive::new(s);
+            let entries = archive
+                .entries()
+                .with_context(|| format!("reading {}", path.display()))?;
+            index_entries(entries, path)?
+        } else {
+            let mut archive = tar::Archive::new(&mut file);
+            let entries = archive
+                .entries_with_seek()
+                .with_context(|| format!("reading {}", path.display()))?;
+            index_entries(entries, path)?
+        };
         let index_bytes = index_bytes.with_context(|| {
             format!(
                 "{} has no index.json: not an OCI image layout archive",
@@ -323,6 +335,35 @@ impl Archive {
     pub fn path(&self) -> &Path {
         &self.shown
     }
+}
+
+/// What [`index_entries`] finds: `blobs/sha256/<hex>` → (offset, size),
+/// and the bytes of `index.json`.
+type Indexed = (BTreeMap<String, (u64, u64)>, Option<Vec<u8>>);
+
+/// Walks an archive's entries, noting where each blob lies.
+fn index_entries<'a, R: Read + 'a>(entries: tar::Entries<'a, R>, path: &Path) -> Result<Indexed> {
+    let mut blobs = BTreeMap::new();
+    let mut index_bytes = None;
+    for entry in entries {
+        let mut entry = entry.with_context(|| format!("reading {}", path.display()))?;
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let name = name.trim_start_matches("./").to_string();
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        if name == "index.json" {
+            let mut b = Vec::new();
+            (&mut entry)
+                .take(4 << 20)
+                .read_to_end(&mut b)
+                .with_context(|| format!("reading index.json in {}", path.display()))?;
+            index_bytes = Some(b);
+        } else if let Some(hex) = name.strip_prefix("blobs/sha256/") {
+            blobs.insert(hex.to_string(), (entry.raw_file_position(), entry.size()));
+        }
+    }
+    Ok((blobs, index_bytes))
 }
 
 const MAX_JSON: u64 = 16 << 20;

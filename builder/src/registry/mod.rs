@@ -272,6 +272,9 @@ pub struct PullJob {
     /// With the pinned digest.
     pub reference: Reference,
     pub endpoints: Vec<Endpoint>,
+    /// Other references the recipe gives the same pinned image (and
+    /// platforms): pulled once, with an archive naming each.
+    pub aliases: Vec<ImageSource>,
 }
 
 /// The pull job for an image input pinned to `sha256` (hex).
@@ -295,6 +298,7 @@ pub fn pull_job(
         source: src.clone(),
         endpoints: endpoints(&loaded.recipe.mirrors, &r),
         reference: r.with_digest(&pinned),
+        aliases: Vec::new(),
     })
 }
 
@@ -340,10 +344,37 @@ pub fn cached_archive(
             path.display()
         );
     }
-    match std::fs::metadata(cache.blob(&rec.archive)) {
-        Ok(m) if m.len() == rec.size => Ok(Some((path, rec))),
-        _ => Ok(None),
+    let archive = cache.blob(&rec.archive);
+    match std::fs::metadata(&archive) {
+        Ok(m) if m.len() == rec.size => {}
+        _ => return Ok(None),
     }
+    // The record is only a pointer: the archive itself must name the pinned
+    // image (its bytes are hashed against `rec.archive` when used).
+    let held = layout::Archive::open(&archive)
+        .with_context(|| format!("reading the archive {} names", path.display()))?;
+    if !held.index.manifests.iter().any(|d| d.digest == rec.digest) {
+        let names: Vec<&str> = held
+            .index
+            .manifests
+            .iter()
+            .map(|d| d.digest.as_str())
+            .collect();
+        bail!(
+            "{}: the cached archive {} holds {}, not the pinned {} of {}: the cache was changed; \
+             delete both files and run `airlock fetch` again",
+            path.display(),
+            archive.display(),
+            if names.is_empty() {
+                "no image".to_string()
+            } else {
+                names.join(", ")
+            },
+            rec.digest,
+            src.reference
+        );
+    }
+    Ok(Some((path, rec)))
 }
 
 /// Pulls one pinned image into the cache as an OCI archive.
@@ -356,7 +387,11 @@ pub fn pull(http: &Http, cache: &Cache, job: &PullJob, bar: &ProgressBar) -> Res
         status: status.into(),
         bytes,
     };
-    if cached_archive(cache, &job.source, &sha)?.is_some() {
+    let mut cached = true;
+    for src in std::iter::once(&job.source).chain(&job.aliases) {
+        cached &= cached_archive(cache, src, &sha)?.is_some();
+    }
+    if cached {
         return Ok(done("cached", 0));
     }
     let client = Client::new(http)?;
@@ -461,17 +496,19 @@ fn pull_from(
         blobs.push(m.config.digest.clone());
         blobs.extend(m.layers.iter().map(|l| l.digest.clone()));
     }
-    let name = Reference::parse(&job.source.reference)?.name();
-    let (archive, size) = layout::write_archive(cache, &top_desc, &name, &blobs)?;
-    let rec = ArchiveRecord {
-        name,
-        digest,
-        platforms: job.source.platforms.clone(),
-        archive,
-        size,
-    };
-    let path = record_path(cache, &job.source, hex_of(&rec.digest))?;
-    crate::inputs::write_atomic(&path, &serde_json::to_vec_pretty(&rec)?)?;
+    for src in std::iter::once(&job.source).chain(&job.aliases) {
+        let name = Reference::parse(&src.reference)?.name();
+        let (archive, size) = layout::write_archive(cache, &top_desc, &name, &blobs)?;
+        let rec = ArchiveRecord {
+            name,
+            digest: digest.clone(),
+            platforms: src.platforms.clone(),
+            archive,
+            size,
+        };
+        let path = record_path(cache, src, hex_of(&rec.digest))?;
+        crate::inputs::write_atomic(&path, &serde_json::to_vec_pretty(&rec)?)?;
+    }
     Ok(bytes)
 }
 

@@ -18,6 +18,7 @@ pub struct Request {
     pub path: String,
     pub query: String,
     pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -236,6 +237,7 @@ fn serve(conn: TcpStream, st: &State) {
             path,
             query,
             headers,
+            body,
         };
         st.log.lock().unwrap().push(req.clone());
         if !respond(&mut out, st, &req) {
