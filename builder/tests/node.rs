@@ -13,6 +13,7 @@ mod fixture;
 mod oci;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -300,8 +301,22 @@ fn kube_root(c: &Containerd, node_toml: &str) -> tempfile::TempDir {
     .unwrap();
     fs::create_dir_all(r.join("boot/efi/airlock")).unwrap();
     fs::write(r.join("boot/efi/airlock/node.toml"), node_toml).unwrap();
+    if node_toml.contains("role = \"init\"") {
+        // An init image carries the cluster CA (the build's secrets).
+        let pki = r.join("etc/kubernetes/pki");
+        fs::create_dir_all(&pki).unwrap();
+        fs::write(pki.join("ca.crt"), BAKED_CA.0).unwrap();
+        fs::write(pki.join("ca.key"), BAKED_CA.1).unwrap();
+        fs::set_permissions(pki.join("ca.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    }
     root
 }
+
+/// The CA an init image was built with (content is not parsed on the node).
+const BAKED_CA: (&str, &str) = (
+    "-----BEGIN CERTIFICATE-----\nbaked cluster CA of test\n-----END CERTIFICATE-----\n",
+    "-----BEGIN PRIVATE KEY-----\nbaked CA key of test\n-----END PRIVATE KEY-----\n",
+);
 
 /// `airlock node kubeadm --root R EXTRA` with the stand-ins writing under R.
 fn kubeadm(c: &Containerd, r: &Path, extra: &[&str]) -> (bool, String) {
@@ -492,11 +507,16 @@ fn kubeadm_join_retries_with_backoff_until_the_control_plane_answers() {
     assert!(out.contains("connection refused"), "{out}");
     assert!(!r.join("var/lib/airlock/kubeadm.done").exists());
 
-    // A half-done earlier join left kubelet's files: reset first, then join.
-    fs::create_dir_all(r.join("etc/kubernetes")).unwrap();
-    fs::write(r.join("etc/kubernetes/bootstrap-kubelet.conf"), "leftover").unwrap();
+    // A half-done earlier join left the CA discovery fetched (kubeadm's
+    // preflight refuses to join over it): reset first, then join.
+    fs::create_dir_all(r.join("etc/kubernetes/pki")).unwrap();
+    fs::write(r.join("etc/kubernetes/pki/ca.crt"), "leftover").unwrap();
     let (ok, out) = kubeadm(&c, r, &[&fast[..], &["--join-attempts", "3"]].concat());
     assert!(ok, "{out}");
+    assert!(
+        out.contains("an earlier kubeadm join stopped half-way (left /etc/kubernetes/pki/ca.crt)"),
+        "{out}"
+    );
     assert!(out.contains("kubeadm reset --force"), "{out}");
     assert!(
         out.contains("airlock: kubeadm join done: w-1 is part of cluster test"),
@@ -525,4 +545,103 @@ fn kubeadm_join_retries_with_backoff_until_the_control_plane_answers() {
         calls(r, "kubectl").is_empty(),
         "a worker applies no CNI manifest"
     );
+}
+
+#[test]
+fn a_half_done_init_is_reset_on_the_next_boot_keeping_the_baked_ca() {
+    let Some(c) = Containerd::start() else { return };
+    let root = kube_root(&c, INIT_NODE);
+    let r = root.path();
+    let state = r.join("var/lib/airlock-standin");
+    fs::create_dir_all(&state).unwrap();
+    let pki = r.join("etc/kubernetes/pki");
+
+    // First boot: kubeadm init writes its manifests, etcd data and
+    // kubeconfigs, then the control plane does not come up.
+    fs::write(state.join("init-failures"), "1\n").unwrap();
+    let (ok, out) = kubeadm(&c, r, &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("the control plane did not come up"), "{out}");
+    assert!(
+        out.contains("the next boot resets what it left and tries again"),
+        "{out}"
+    );
+    for left in [
+        "etc/kubernetes/manifests/kube-apiserver.yaml",
+        "etc/kubernetes/admin.conf",
+        "var/lib/etcd/member",
+    ] {
+        assert!(r.join(left).exists(), "the failed init left no {left}");
+    }
+    let backup = r.join("var/lib/airlock/pki-backup");
+    assert_eq!(
+        fs::metadata(&backup).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        fs::read_to_string(backup.join("ca.key")).unwrap(),
+        BAKED_CA.1
+    );
+
+    // Next boot: reset (which empties the pki folder), CA back, init again.
+    let (ok, out) = kubeadm(&c, r, &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("an earlier kubeadm init stopped half-way (left /etc/kubernetes/manifests/kube-apiserver.yaml"),
+        "{out}"
+    );
+    assert!(
+        out.contains("restored /etc/kubernetes/pki/ca.key from /var/lib/airlock/pki-backup"),
+        "{out}"
+    );
+    assert!(out.contains("airlock: kubeadm init done: cp-1"), "{out}");
+    let steps: Vec<(String, bool)> = calls(r, "kubeadm")
+        .iter()
+        .map(|c| (c["args"][0].as_str().unwrap().to_string(), c["ok"] == true))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("init".to_string(), false),
+            ("reset".to_string(), true),
+            ("init".to_string(), true)
+        ]
+    );
+    let last = calls(r, "kubeadm").pop().unwrap();
+    assert_eq!(check(&last, "preflight")["ok"], true, "{last}");
+    assert!(
+        check(&last, "cluster-ca")["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("using the existing CA"),
+        "{last}"
+    );
+    assert_eq!(fs::read_to_string(pki.join("ca.crt")).unwrap(), BAKED_CA.0);
+    assert_eq!(fs::read_to_string(pki.join("ca.key")).unwrap(), BAKED_CA.1);
+    assert_eq!(
+        fs::metadata(pki.join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert!(r.join("var/lib/airlock/kubeadm.done").exists());
+}
+
+#[test]
+fn an_init_image_without_its_baked_ca_is_refused() {
+    let Some(c) = Containerd::start() else { return };
+    let root = kube_root(&c, INIT_NODE);
+    let r = root.path();
+    fs::remove_file(r.join("etc/kubernetes/pki/ca.key")).unwrap();
+    let (ok, out) = kubeadm(&c, r, &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(
+            "the cluster CA this image was built with is missing (/etc/kubernetes/pki/ca.key)"
+        ),
+        "{out}"
+    );
+    assert!(calls(r, "kubeadm").is_empty(), "kubeadm ran: {out}");
 }

@@ -36,6 +36,9 @@ pub mod paths {
     pub const KUBEADM_INITIALIZED: &str = "/var/lib/airlock/kubeadm.initialized";
     pub const KUBEADM_DONE: &str = "/var/lib/airlock/kubeadm.done";
     pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
+    /// A root-only copy of an init image's cluster CA, made before the
+    /// first `kubeadm init` (a reset after a failed one deletes the pki).
+    pub const PKI_BACKUP: &str = "/var/lib/airlock/pki-backup";
     /// A recipe's template overrides, if the build copied them.
     pub const TEMPLATES: &str = "/usr/lib/airlock/templates";
 }
