@@ -460,6 +460,7 @@ fn control_plane_image_holds_the_first_boot_contract() {
         "airlock-images",
         "airlock-kubeadm",
         "airlock-route",
+        "airlock-hostname",
     ] {
         let l = format!("/etc/systemd/system/multi-user.target.wants/{u}.service");
         assert_eq!(
@@ -480,9 +481,16 @@ fn control_plane_image_holds_the_first_boot_contract() {
     assert!(img
         .text("/etc/systemd/system/airlock-route.service")
         .contains("ExecStart=/usr/lib/airlock/airlock node route"));
+    let unit = img.text("/etc/systemd/system/airlock-hostname.service");
+    assert!(
+        unit.contains("ExecStart=/usr/lib/airlock/airlock node hostname")
+            && unit
+                .contains("Before=kubelet.service airlock-route.service airlock-kubeadm.service"),
+        "{unit}"
+    );
     // Both read node.toml from the ESP, which fstab mounts with nofail (not
     // ordered before local-fs.target): without this they race the mount.
-    for u in ["airlock-route", "airlock-kubeadm"] {
+    for u in ["airlock-route", "airlock-kubeadm", "airlock-hostname"] {
         let text = img.text(&format!("/etc/systemd/system/{u}.service"));
         assert!(
             text.lines().any(|l| l == "RequiresMountsFor=/boot/efi"),
@@ -567,7 +575,7 @@ fn control_plane_image_holds_the_first_boot_contract() {
     // node.toml on the ESP; the node renders the same configuration from it.
     let node = NodeSettings::from_toml(&img.esp("airlock/node.toml"), "node.toml").unwrap();
     assert_eq!(
-        (node.node.role, node.node.name.as_str()),
+        (node.node.role, node.node.node_name().as_str()),
         (Role::Init, "cp-1")
     );
     assert!(node.join.is_none());

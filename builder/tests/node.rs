@@ -645,3 +645,63 @@ fn an_init_image_without_its_baked_ca_is_refused() {
     );
     assert!(calls(r, "kubeadm").is_empty(), "kubeadm ran: {out}");
 }
+
+#[test]
+fn an_edited_hostname_is_applied_and_names_the_node() {
+    let Some(c) = Containerd::start() else { return };
+    // The operator turned the cp-1 stick into cp-7 by editing node.toml on
+    // the ESP: hostname changed, no separate name.
+    let edited = INIT_NODE.replace(
+        "name = \"cp-1\"\nhostname = \"cp-1\"",
+        "hostname = \"cp-7\"",
+    );
+    let root = kube_root(&c, &edited);
+    let r = root.path();
+    fs::create_dir_all(r.join("etc")).unwrap();
+    fs::write(r.join("etc/hostname"), "cp-1\n").unwrap();
+    fs::write(
+        r.join("etc/hosts"),
+        "127.0.0.1\tlocalhost\n127.0.1.1\tcp-1\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    )
+    .unwrap();
+
+    // airlock-hostname.service, before kubelet and kubeadm.
+    let (ok, out) = node(&c, r, &["hostname"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("airlock: host name cp-7 (node.toml; the image was built as cp-1)"),
+        "{out}"
+    );
+    assert_eq!(
+        fs::read_to_string(r.join("etc/hostname")).unwrap(),
+        "cp-7\n"
+    );
+    assert_eq!(
+        fs::read_to_string(r.join("etc/hosts")).unwrap(),
+        "127.0.0.1\tlocalhost\n127.0.1.1\tcp-7\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    );
+    assert_eq!(
+        fs::metadata(r.join("etc/hostname"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o644
+    );
+
+    // kubeadm registers the node under that name.
+    let (ok, out) = kubeadm(&c, r, &[]);
+    assert!(ok, "{out}");
+    assert!(!out.contains("airlock: host name"), "applied twice: {out}");
+    assert!(out.contains("airlock: node cp-7 (host name cp-7)"), "{out}");
+    let text = fs::read_to_string(r.join("etc/kubernetes/airlock/kubeadm.yaml")).unwrap();
+    let init: serde_json::Value = serde_norway::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .find(|d: &serde_json::Value| d["kind"] == "InitConfiguration")
+        .unwrap();
+    assert_eq!(init["nodeRegistration"]["name"], "cp-7", "{text}");
+    assert!(
+        out.contains("kubeadm init done: cp-7 is part of cluster test"),
+        "{out}"
+    );
+}

@@ -58,7 +58,7 @@ fn context(cluster: &ClusterSettings, node: &NodeSettings) -> Result<serde_json:
         "cluster": cluster,
         // Every key present (null when unset): templates run with strict undefined.
         "node": {
-            "name": n.name,
+            "name": n.node_name(),
             "hostname": n.hostname,
             "role": n.role,
             "advertise_address": n.advertise_address.map(|a| a.to_string()),

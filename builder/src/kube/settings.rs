@@ -60,8 +60,11 @@ pub struct NodeSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
-    /// Kubernetes node name.
-    pub name: String,
+    /// Kubernetes node name, when it must differ from the host name
+    /// (default: the host name, so editing `hostname` renames the node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Applied at first boot (/etc/hostname and the running system).
     pub hostname: String,
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -148,6 +151,16 @@ impl ClusterSettings {
     }
 }
 
+impl NodeSection {
+    /// The Kubernetes node name: `name`, else the host name in lowercase
+    /// (what kubelet itself would register).
+    pub fn node_name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.hostname.to_ascii_lowercase())
+    }
+}
+
 impl NodeSettings {
     pub fn from_toml(text: &str, what: &str) -> Result<NodeSettings> {
         let n: NodeSettings = toml::from_str(text)
@@ -178,11 +191,17 @@ impl NodeSettings {
                         && !l.ends_with('-')
                 })
         };
-        if !dns(&n.name) {
-            bail!("node.name {:?} is not a lowercase DNS name", n.name);
+        if let Some(name) = &n.name {
+            if !dns(name) {
+                bail!("node.name {name:?} is not a lowercase DNS name");
+            }
         }
-        if !dns(&n.hostname.to_ascii_lowercase()) {
-            bail!("node.hostname {:?} is not a host name", n.hostname);
+        // One label: it is also the kernel's host name (at most 64 bytes).
+        if !dns(&n.hostname.to_ascii_lowercase()) || n.hostname.contains('.') {
+            bail!(
+                "node.hostname {:?} is not a host name (letters, digits and '-', at most 63)",
+                n.hostname
+            );
         }
         if let Some(i) = &n.advertise_interface {
             if i.is_empty() || i.len() > 15 || i.contains(['/', ' ', ':', '"']) {

@@ -21,8 +21,8 @@ use super::settings::{
 use super::spec::{self, Role, DEFAULT_TOKEN_TTL};
 use super::version::{self, Version};
 use super::{
-    cni, containerd, host, net, secrets, AIRLOCK_BIN, CNI_DIR, IMAGES_DIR, IMAGES_JSON,
-    IMAGES_UNIT, KUBEADM_UNIT, ROUTE_UNIT, TEMPLATES_DIR,
+    cni, containerd, host, net, secrets, AIRLOCK_BIN, CNI_DIR, HOSTNAME_UNIT, IMAGES_DIR,
+    IMAGES_JSON, IMAGES_UNIT, KUBEADM_UNIT, ROUTE_UNIT, TEMPLATES_DIR,
 };
 use crate::fs::fat::{EspFile, EspSource};
 use crate::inputs::Resolved;
@@ -168,7 +168,7 @@ pub fn run(
 
     let (mut settings, node) = settings(l, &secrets.token, &ca_cert_hash)?;
     let endpoint = node.node.control_plane_endpoint.clone();
-    let node_name = node.node.name.clone();
+    let node_name = node.node.node_name();
     let cni_manifest = settings.cni_manifest.clone();
     let cni_spec = r
         .cni
@@ -447,7 +447,7 @@ pub fn run(
     root.write_file(AIRLOCK_BIN, &mut f, &Attrs::root(0o755, epoch))
         .context("copying airlock into the image")?;
     root.mkdir_all("var/lib/airlock", epoch)?;
-    for unit in [IMAGES_UNIT, KUBEADM_UNIT, ROUTE_UNIT] {
+    for unit in [HOSTNAME_UNIT, IMAGES_UNIT, KUBEADM_UNIT, ROUTE_UNIT] {
         put(
             root,
             &format!("etc/systemd/system/{unit}"),
@@ -576,13 +576,14 @@ pub fn settings(
     };
     let node = NodeSettings {
         node: NodeSection {
+            // Written only when it differs from the host name, so an
+            // operator who edits the hostname in node.toml renames the node.
             name: r
                 .node
                 .name
                 .as_ref()
-                .unwrap_or(&r.node.hostname)
-                .get_ref()
-                .clone(),
+                .map(|n| n.get_ref().clone())
+                .filter(|n| *n != r.node.hostname.get_ref().to_ascii_lowercase()),
             hostname: r.node.hostname.get_ref().clone(),
             role,
             advertise_address: advertise,

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 
 use super::retry::{retry, Backoff};
 use super::settings;
-use super::{paths, route, say, write_atomic, NodeRoot};
+use super::{hostname, paths, route, say, write_atomic, write_with_mode, NodeRoot};
 use crate::cli::node::KubeadmArgs;
 use crate::cmd::CommandRunExt;
 use crate::kube::settings::{ClusterSettings, NodeSettings};
@@ -44,9 +44,12 @@ pub fn run(root: &NodeRoot, args: &KubeadmArgs) -> Result<()> {
     }
     let cluster = settings::load_cluster(&root.path(paths::CLUSTER_TOML))?;
     let mut node = settings::load_node(&root.path(paths::NODE_TOML))?;
+    // Normally done by airlock-hostname.service already; kubeadm must see
+    // the same name the configuration registers.
+    hostname::apply(root, &node.node.hostname)?;
     say(format!(
-        "node {} ({}), role {}, Kubernetes {}, cluster {}",
-        node.node.name,
+        "node {} (host name {}), role {}, Kubernetes {}, cluster {}",
+        node.node.node_name(),
         node.node.hostname,
         node.node.role.as_str(),
         cluster.kubernetes_version,
@@ -81,7 +84,7 @@ pub fn run(root: &NodeRoot, args: &KubeadmArgs) -> Result<()> {
     say(format!(
         "kubeadm {} done: {} is part of cluster {} ({} written)",
         plan.node.node.role.as_str(),
-        plan.node.node.name,
+        plan.node.node.node_name(),
         plan.cluster.cluster_name,
         paths::KUBEADM_DONE
     ));
@@ -172,7 +175,7 @@ fn keep_ca(root: &NodeRoot) -> Result<()> {
         for (f, _) in CA_FILES {
             let data = std::fs::read(root.path(&format!("{PKI}/{f}")))
                 .with_context(|| format!("reading {PKI}/{f}"))?;
-            write_private(&backup.join(f), &data, 0o600)?;
+            write_with_mode(&backup.join(f), &data, 0o600)?;
         }
         say(format!(
             "kept a copy of the cluster CA in {} (kubeadm reset deletes {PKI})",
@@ -188,28 +191,10 @@ fn keep_ca(root: &NodeRoot) -> Result<()> {
             std::fs::create_dir_all(&pki).with_context(|| format!("creating {PKI}"))?;
             std::fs::set_permissions(&pki, std::fs::Permissions::from_mode(0o700))
                 .with_context(|| format!("making {PKI} root-only"))?;
-            write_private(&at, &want, mode)?;
+            write_with_mode(&at, &want, mode)?;
             say(format!("restored {PKI}/{f} from {}", paths::PKI_BACKUP));
         }
     }
-    Ok(())
-}
-
-/// Writes a file with `mode` from its first byte (a key is never readable
-/// by others, not even for a moment).
-fn write_private(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().context("a file path has a parent folder")?;
-    let mut tmp = tempfile::Builder::new()
-        .permissions(std::fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(data)
-        .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("renaming the temporary file to {}", path.display()))?;
     Ok(())
 }
 

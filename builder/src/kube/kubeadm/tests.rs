@@ -32,11 +32,7 @@ pub(crate) fn cluster(version: &str) -> ClusterSettings {
 pub(crate) fn node(role: Role) -> NodeSettings {
     NodeSettings {
         node: NodeSection {
-            name: if role == Role::Init {
-                "cp-1".into()
-            } else {
-                "worker-1".into()
-            },
+            name: (role == Role::Join).then(|| "worker-1".into()),
             hostname: "cp-1".into(),
             role,
             advertise_address: Some("10.0.0.10".parse().unwrap()),
@@ -148,7 +144,7 @@ fn values_are_quoted_and_edited_node_files_are_checked() {
         "api.prod.internal:6443"
     );
 
-    n.node.name = "Bad Name".into();
+    n.node.name = Some("Bad Name".into());
     assert!(
         format!("{:#}", render(&r, &cluster("1.34.11"), &n).unwrap_err()).contains("node.name")
     );
