@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Host settings of a Kubernetes node ([host]), with safe defaults: swap off
-//! (Fedora's swap on zram too), SELinux permissive where the base has it,
+//! (Fedora's swap on zram too; or kept, with kubelet told so), SELinux permissive where the base has it,
 //! firewalld disabled (or the Kubernetes ports opened), time zone and NTP
 //! servers inside the gap.
 
@@ -37,11 +37,15 @@ pub fn apply(
     // Swap: kubelet refuses to start with swap on. zram-generator reads
     // /etc/systemd/zram-generator.conf before /usr/lib's: with no [zram*]
     // section it makes no device. swap.target masked keeps any other swap off.
-    put(
-        "etc/systemd/zram-generator.conf",
-        "# Written by airlock: no swap on zram on a Kubernetes node (kubelet refuses swap).\n",
-    )?;
-    mask("swap.target")?;
+    if keep_swap(l) {
+        notes.push("swap kept as the base has it (host.swap = \"keep\"): kubelet runs with failSwapOn: false, pods get no swap (NoSwap)".into());
+    } else {
+        put(
+            "etc/systemd/zram-generator.conf",
+            "# Written by airlock: no swap on zram on a Kubernetes node (kubelet refuses swap).\n",
+        )?;
+        mask("swap.target")?;
+    }
 
     // SELinux.
     if root.exists("etc/selinux/config") {
@@ -151,6 +155,15 @@ pub fn apply(
         }
     }
     Ok(notes)
+}
+
+/// Whether the recipe keeps the base's swap (`[host] swap = "keep"`).
+pub fn keep_swap(l: &Loaded) -> bool {
+    l.recipe
+        .host
+        .as_ref()
+        .and_then(|h| h.swap.as_ref())
+        .is_some_and(|s| s.get_ref() == "keep")
 }
 
 /// The ports a node of `role` serves, plus flannel's VXLAN.

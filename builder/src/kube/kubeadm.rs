@@ -51,7 +51,21 @@ fn context(cluster: &ClusterSettings, node: &NodeSettings) -> Result<serde_json:
     if n.role == Role::Init && cluster.bootstrap_token.is_none() {
         bail!("an init node needs bootstrap_token in cluster.toml (the token worker images join with)");
     }
+    // kubelet flags from kubeadm-flags.env override its configuration file.
+    let mut kubelet_args: Vec<(&str, String)> = Vec::new();
+    if let Some(a) = n.advertise_address {
+        kubelet_args.push(("node-ip", a.to_string()));
+    }
+    if cluster.keep_swap && n.role == Role::Join {
+        // A worker's KubeletConfiguration is the cluster's (the control
+        // plane's); this node's swap must not stop its kubelet.
+        kubelet_args.push(("fail-swap-on", "false".into()));
+    }
     Ok(json!({
+        "kubelet_args": kubelet_args
+            .iter()
+            .map(|(k, v)| json!({ "name": k, "value": v }))
+            .collect::<Vec<_>>(),
         "api": cluster.kubeadm_api,
         "v1beta4": cluster.kubeadm_api.ends_with("/v1beta4"),
         "kubernetes_version": v.with_v(),

@@ -42,6 +42,10 @@ pub struct ClusterSettings {
     pub pause_image: String,
     /// The node's platform, e.g. "linux/amd64".
     pub platform: String,
+    /// The node keeps its swap ([host] swap = "keep"): kubelet must not
+    /// refuse it, and pods get none (1.30 and later).
+    #[serde(default)]
+    pub keep_swap: bool,
     /// Init images only: the bootstrap token the InitConfiguration creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_token: Option<String>,
@@ -116,6 +120,9 @@ impl ClusterSettings {
     pub fn validate(&self) -> Result<()> {
         let v = Version::parse_exact("kubernetes_version", &self.kubernetes_version)?;
         let api = v.kubeadm_api()?;
+        if self.keep_swap && v.minor_key() < (1, 30) {
+            bail!("keep_swap = true needs Kubernetes 1.30 or later (swapBehavior NoSwap); this is {v}");
+        }
         if self.kubeadm_api != api {
             bail!(
                 "kubeadm_api {:?} does not fit Kubernetes {v}, which takes {api:?}",

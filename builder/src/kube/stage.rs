@@ -572,6 +572,7 @@ pub fn settings(
         // Replaced by kubeadm's pause image once the image list is known.
         pause_image: format!("{}/pause", cluster.image_repository.get_ref()),
         platform: platform.to_string(),
+        keep_swap: host::keep_swap(l),
         bootstrap_token: (role == Role::Init).then(|| token.to_string()),
     };
     let node = NodeSettings {

@@ -202,6 +202,21 @@ fn hostile_recipes_fail_clearly() {
         "{}",
         err(&join)
     );
+    // Swap: "off" or "keep", and "keep" only where kubelet has NoSwap.
+    let swap = |v: &str, version: &str| {
+        err(&format!("{good}\n[host]\nswap = \"{v}\"\n")
+            .replace("version = \"1.34.11\"", &format!("version = \"{version}\"")))
+    };
+    let e = swap("on", "1.34.11");
+    assert!(
+        e.contains("host.swap \"on\" is not one of off, keep"),
+        "{e}"
+    );
+    let e = swap("keep", "1.29.15");
+    assert!(
+        e.contains("r.toml:") && e.contains("needs Kubernetes 1.30") && e.contains("1.29.15"),
+        "{e}"
+    );
     // An init node can take its own advertise address as the endpoint.
     parse(
         &good
@@ -394,6 +409,13 @@ fn host_settings_on_a_fedora_like_tree() {
     assert!(root.exists("etc/systemd/zram-generator.conf"));
     assert!(root.is_symlink("etc/systemd/system/swap.target"));
     assert!(notes.is_empty(), "{notes:?}");
+    // swap = "keep": Fedora's zram swap and swap.target are left alone.
+    let (_d3, kept) = staging();
+    let keep = parse(&(node_recipe() + "\n[host]\nswap = \"keep\"\n")).unwrap();
+    let notes = super::host::apply(&keep, &kept, &Renderer::new(None), Role::Init, 0).unwrap();
+    assert!(!kept.exists("etc/systemd/zram-generator.conf"));
+    assert!(!kept.is_symlink("etc/systemd/system/swap.target"));
+    assert!(notes[0].contains("failSwapOn: false"), "{notes:?}");
     // NTP servers for a base with neither chrony nor timesyncd: refused.
     let (_d2, bare) = staging();
     let e = format!(

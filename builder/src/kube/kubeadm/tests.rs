@@ -25,6 +25,7 @@ pub(crate) fn cluster(version: &str) -> ClusterSettings {
         cni_manifest: "/usr/lib/airlock/cni/kube-flannel.yml".into(),
         pause_image: "registry.k8s.io/pause:3.10.1".into(),
         platform: "linux/amd64".into(),
+        keep_swap: false,
         bootstrap_token: Some(TOKEN.into()),
     }
 }
@@ -304,4 +305,57 @@ int main(int argc, char **argv) {
     let l = images(&script, &config, &cluster("1.34.11"), &mut notes).unwrap();
     assert_eq!(l.pause, "registry.k8s.io/pause:3.10.1");
     assert!(notes[0].contains("image table"), "{notes:?}");
+}
+
+/// `[host] swap = "keep"`: the init node's KubeletConfiguration (which
+/// becomes the cluster's) lets kubelet start with swap and keeps pods out
+/// of it; a worker, whose configuration comes from the cluster, gets the
+/// flag; swap off (the default) leaves kubelet's refusal in place.
+#[test]
+fn kept_swap_is_told_to_kubelet() {
+    let r = Renderer::new(None);
+    let mut c = cluster("1.34.11");
+    let d = docs(&render(&r, &c, &node(Role::Init)).unwrap());
+    let kc = kind(&d, "KubeletConfiguration");
+    assert!(kc.get("failSwapOn").is_none() && kc.get("memorySwap").is_none());
+
+    c.keep_swap = true;
+    for (version, api) in [("1.34.11", "v1beta4"), ("1.30.14", "v1beta3")] {
+        let mut c = c.clone();
+        c.kubernetes_version = version.into();
+        c.kubeadm_api = format!("kubeadm.k8s.io/{api}");
+        let d = docs(&render(&r, &c, &node(Role::Init)).unwrap());
+        let kc = kind(&d, "KubeletConfiguration");
+        assert_eq!(kc["failSwapOn"], false, "{version}");
+        assert_eq!(kc["memorySwap"]["swapBehavior"], "NoSwap", "{version}");
+        let reg = &kind(&d, "InitConfiguration")["nodeRegistration"];
+        let args = &reg["kubeletExtraArgs"];
+        assert!(
+            !args.to_string().contains("fail-swap-on"),
+            "the init node's configuration says it: {args}"
+        );
+
+        c.bootstrap_token = None;
+        let d = docs(&render(&r, &c, &node(Role::Join)).unwrap());
+        let args = &kind(&d, "JoinConfiguration")["nodeRegistration"]["kubeletExtraArgs"];
+        if api == "v1beta4" {
+            assert_eq!(
+                args,
+                &serde_json::json!([
+                    { "name": "node-ip", "value": "10.0.0.10" },
+                    { "name": "fail-swap-on", "value": "false" }
+                ])
+            );
+        } else {
+            assert_eq!(
+                args,
+                &serde_json::json!({ "node-ip": "10.0.0.10", "fail-swap-on": "false" })
+            );
+        }
+    }
+    // Before 1.30 there is no NoSwap: refused.
+    let mut old = cluster("1.29.15");
+    old.keep_swap = true;
+    let e = format!("{:#}", render(&r, &old, &node(Role::Init)).unwrap_err());
+    assert!(e.contains("1.30"), "{e}");
 }
