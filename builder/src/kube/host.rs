@@ -166,21 +166,25 @@ pub fn keep_swap(l: &Loaded) -> bool {
         .is_some_and(|s| s.get_ref() == "keep")
 }
 
-/// The ports a node of `role` serves, plus flannel's VXLAN.
+/// The ports a node of `role` serves (Kubernetes' "Ports and Protocols"
+/// page), plus flannel's VXLAN. Every kubeadm node runs kubelet and
+/// kube-proxy, so the control plane also serves the kube-proxy health
+/// check and NodePort Services (TCP and UDP).
 pub fn ports(role: Role) -> Vec<(u32, u32, &'static str)> {
     let mut p = vec![
         (10250, 10250, "tcp"),
         (10256, 10256, "tcp"),
+        (30000, 32767, "tcp"),
+        (30000, 32767, "udp"),
         (8472, 8472, "udp"),
     ];
-    match role {
-        Role::Init => p.extend([
+    if role == Role::Init {
+        p.extend([
             (6443, 6443, "tcp"),
             (2379, 2380, "tcp"),
             (10257, 10257, "tcp"),
             (10259, 10259, "tcp"),
-        ]),
-        Role::Join => p.push((30000, 32767, "tcp")),
+        ]);
     }
     p
 }

@@ -359,7 +359,8 @@ pub fn run(
     fs::set_permissions(&exe, fs::Permissions::from_mode(0o755))
         .with_context(|| format!("making {} executable", exe.display()))?;
     let mut list_notes = Vec::new();
-    let list = kubeadm::images(&exe, &listing, &settings, &mut list_notes)?;
+    let list = kubeadm::images(&exe, &listing, &settings, &mut list_notes)
+        .with_context(|| l.at(&k.kubeadm.source))?;
     drop(tmp);
     for n in list_notes {
         log.note(n);

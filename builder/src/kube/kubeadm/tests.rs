@@ -235,6 +235,35 @@ fn coverage_names_each_missing_image() {
     assert!(e.starts_with("2 image(s)"), "{e}");
     assert!(!e.contains("pause:3.10.1 (sandbox)"), "{e}");
     check_coverage(&needed[..1], &present).unwrap();
+
+    // References are compared whole: a tag that only starts like another
+    // neither provides it nor hides it in the list of missing ones.
+    let need = |r: &str, why: &str| Needed {
+        reference: r.into(),
+        why: why.into(),
+    };
+    let e = format!(
+        "{:#}",
+        check_coverage(&[need("registry.k8s.io/pause:3.10", "sandbox")], &present).unwrap_err()
+    );
+    assert!(e.contains("registry.k8s.io/pause:3.10 (sandbox)"), "{e}");
+    let e = format!(
+        "{:#}",
+        check_coverage(
+            &[
+                need("registry.k8s.io/etcd:3.6.5-0", "kubeadm"),
+                need("registry.k8s.io/etcd:3.6.5", "the CNI manifest"),
+                need("registry.k8s.io/etcd:3.6.5-0", "again"),
+            ],
+            &present
+        )
+        .unwrap_err()
+    );
+    assert!(e.starts_with("2 image(s)"), "{e}");
+    assert!(
+        e.contains("registry.k8s.io/etcd:3.6.5 (the CNI manifest)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -271,7 +300,7 @@ fn runs_a_host_kubeadm_when_it_can() {
         r#"#include <stdio.h>
 #include <string.h>
 int main(int argc, char **argv) {
-  if (argc > 1 && strcmp(argv[1], "version") == 0) { puts("v1.34.11"); return 0; }
+  if (argc > 1 && strcmp(argv[1], "version") == 0) { puts(VERSION); return 0; }
   if (argc > 7 && strcmp(argv[1], "config") == 0) {
     FILE *f = fopen(argv[7], "r"); if (!f) return 3;
     char buf[4096]; size_t n = fread(buf, 1, sizeof buf - 1, f); buf[n] = 0;
@@ -284,14 +313,18 @@ int main(int argc, char **argv) {
 "#,
     )
     .unwrap();
+    let compile = |version: &str, exe: &std::path::Path| {
+        let st = std::process::Command::new("cc")
+            .arg(format!("-DVERSION=\"{version}\""))
+            .arg("-o")
+            .arg(exe)
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
     let exe = d.path().join("kubeadm");
-    let st = std::process::Command::new("cc")
-        .arg("-o")
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    compile("v1.34.11", &exe);
     let r = Renderer::new(None);
     let config = render(&r, &cluster("1.34.11"), &node(Role::Init)).unwrap();
     let mut notes = Vec::new();
@@ -299,6 +332,17 @@ int main(int argc, char **argv) {
     assert_eq!(l.pause, "registry.k8s.io/pause:3.10.9");
     assert!(l.source.contains("kubeadm v1.34.11"), "{}", l.source);
     assert!(notes.is_empty(), "{notes:?}");
+    // A kubeadm of another release than the recipe's is refused.
+    let other = d.path().join("kubeadm-other");
+    compile("v1.34.12", &other);
+    let e = format!(
+        "{:#}",
+        images(&other, &config, &cluster("1.34.11"), &mut notes).unwrap_err()
+    );
+    assert!(
+        e.contains("kubeadm \"v1.34.12\"") && e.contains("kubernetes.version is 1.34.11"),
+        "{e}"
+    );
     // A script is never run on the build host: the table answers.
     let script = d.path().join("script");
     std::fs::write(&script, "#!/bin/sh\nexit 1\n").unwrap();
