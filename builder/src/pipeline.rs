@@ -113,7 +113,7 @@ pub fn build(opts: &BuildOptions) -> Result<Report> {
     render_templates(&cx, &root, &renderer, &vars)?;
     copy_overlays(&cx, &root)?;
     enable_units(&cx, &root)?;
-    kube::stage::preflight(&cx, &root, &kernel, node.as_ref())?;
+    kube::stage::finish(&cx, &root, &kernel, node.as_ref())?;
     st.notes.extend(reset_identity(&cx, &root)?);
     let mut esp = esp_files(&root, &kernel, &renderer, &vars)?;
     if let Some(n) = node {

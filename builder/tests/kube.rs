@@ -460,6 +460,7 @@ fn control_plane_image_holds_the_first_boot_contract() {
         "airlock-images",
         "airlock-kubeadm",
         "airlock-route",
+        "airlock-hostname",
     ] {
         let l = format!("/etc/systemd/system/multi-user.target.wants/{u}.service");
         assert_eq!(
@@ -480,9 +481,16 @@ fn control_plane_image_holds_the_first_boot_contract() {
     assert!(img
         .text("/etc/systemd/system/airlock-route.service")
         .contains("ExecStart=/usr/lib/airlock/airlock node route"));
+    let unit = img.text("/etc/systemd/system/airlock-hostname.service");
+    assert!(
+        unit.contains("ExecStart=/usr/lib/airlock/airlock node hostname")
+            && unit
+                .contains("Before=kubelet.service airlock-route.service airlock-kubeadm.service"),
+        "{unit}"
+    );
     // Both read node.toml from the ESP, which fstab mounts with nofail (not
     // ordered before local-fs.target): without this they race the mount.
-    for u in ["airlock-route", "airlock-kubeadm"] {
+    for u in ["airlock-route", "airlock-kubeadm", "airlock-hostname"] {
         let text = img.text(&format!("/etc/systemd/system/{u}.service"));
         assert!(
             text.lines().any(|l| l == "RequiresMountsFor=/boot/efi"),
@@ -567,7 +575,7 @@ fn control_plane_image_holds_the_first_boot_contract() {
     // node.toml on the ESP; the node renders the same configuration from it.
     let node = NodeSettings::from_toml(&img.esp("airlock/node.toml"), "node.toml").unwrap();
     assert_eq!(
-        (node.node.role, node.node.name.as_str()),
+        (node.node.role, node.node.node_name().as_str()),
         (Role::Init, "cp-1")
     );
     assert!(node.join.is_none());
@@ -686,8 +694,11 @@ fn workers_reuse_the_cluster_secrets_until_rotated() {
     );
 }
 
-/// A hostile recipe: a clear error naming the problem, and no output.
+/// A hostile recipe: a clear error naming the problem, no output, and no
+/// new cluster secrets (no image carries them).
 fn refused(n: &Node, text: &str, words: &[&str]) {
+    let secrets = n.fx.path("prod/secrets");
+    let had_secrets = secrets.exists();
     let err = run_err(n.build(text, "bad-out", &[]));
     for w in words {
         assert!(err.contains(w), "error lacks {w:?}: {err}");
@@ -696,6 +707,81 @@ fn refused(n: &Node, text: &str, words: &[&str]) {
         !n.fx.path("bad-out").exists(),
         "a failed build left output behind"
     );
+    if !had_secrets {
+        assert!(
+            !secrets.exists(),
+            "a failed build saved new cluster secrets: {err}"
+        );
+    }
+}
+
+#[test]
+fn templates_and_overlays_cannot_replace_what_airlock_checked() {
+    if !tools() {
+        return;
+    }
+    let n = Node::new();
+    let good = n.recipe(Role::Init);
+    let site = n.fx.path("site");
+
+    // An overlay with its own containerd config (no sandbox check, no CRI).
+    fs::create_dir_all(site.join("etc/containerd")).unwrap();
+    fs::write(
+        site.join("etc/containerd/config.toml"),
+        "version = 2\ndisabled_plugins = [\"cri\"]\n",
+    )
+    .unwrap();
+    let overlaid = good.replace("epoch = ", "overlays = [\"site\"]\nepoch = ");
+    refused(
+        &n,
+        &overlaid,
+        &[
+            "recipe.toml: the recipe replaces files airlock writes",
+            &format!(
+                "/etc/containerd/config.toml, changed by the overlay {}",
+                site.display()
+            ),
+            "template_dir's kube/ folder",
+        ],
+    );
+
+    // An overlay slipping a kubeadm template to the node, which renders
+    // its configuration with it at first boot.
+    fs::remove_dir_all(site.join("etc")).unwrap();
+    fs::create_dir_all(site.join("usr/lib/airlock/templates/kube")).unwrap();
+    fs::write(
+        site.join("usr/lib/airlock/templates/kube/kubeadm.yaml.j2"),
+        "kind: InitConfiguration\n",
+    )
+    .unwrap();
+    refused(
+        &n,
+        &overlaid,
+        &["/usr/lib/airlock/templates/kube/kubeadm.yaml.j2, changed by the overlay"],
+    );
+
+    // A [[template]] over cluster.toml.
+    fs::create_dir_all(n.fx.path("templates")).unwrap();
+    fs::write(
+        n.fx.path("templates/cluster.j2"),
+        "kubernetes_version = \"1.34.11\"\n",
+    )
+    .unwrap();
+    let templated = good.replace("epoch = ", "template_dir = \"templates\"\nepoch = ")
+        + "\n[[template]]\nsrc = \"cluster.j2\"\npath = \"/usr/lib/airlock/cluster.toml\"\n";
+    refused(
+        &n,
+        &templated,
+        &[&format!(
+            "/usr/lib/airlock/cluster.toml, changed by the [[template]] at {}:",
+            n.fx.path("recipe.toml").display()
+        )],
+    );
+
+    // The recipe as it was builds, and only now are the secrets saved.
+    let log = run_ok(n.build(&good, "cp", &[]));
+    assert!(log.contains("made a new CA and bootstrap token"), "{log}");
+    assert!(n.fx.path("prod/secrets/ca.key").is_file());
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod fixture;
 mod oci;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -300,8 +301,22 @@ fn kube_root(c: &Containerd, node_toml: &str) -> tempfile::TempDir {
     .unwrap();
     fs::create_dir_all(r.join("boot/efi/airlock")).unwrap();
     fs::write(r.join("boot/efi/airlock/node.toml"), node_toml).unwrap();
+    if node_toml.contains("role = \"init\"") {
+        // An init image carries the cluster CA (the build's secrets).
+        let pki = r.join("etc/kubernetes/pki");
+        fs::create_dir_all(&pki).unwrap();
+        fs::write(pki.join("ca.crt"), BAKED_CA.0).unwrap();
+        fs::write(pki.join("ca.key"), BAKED_CA.1).unwrap();
+        fs::set_permissions(pki.join("ca.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    }
     root
 }
+
+/// The CA an init image was built with (content is not parsed on the node).
+const BAKED_CA: (&str, &str) = (
+    "-----BEGIN CERTIFICATE-----\nbaked cluster CA of test\n-----END CERTIFICATE-----\n",
+    "-----BEGIN PRIVATE KEY-----\nbaked CA key of test\n-----END PRIVATE KEY-----\n",
+);
 
 /// `airlock node kubeadm --root R EXTRA` with the stand-ins writing under R.
 fn kubeadm(c: &Containerd, r: &Path, extra: &[&str]) -> (bool, String) {
@@ -492,11 +507,16 @@ fn kubeadm_join_retries_with_backoff_until_the_control_plane_answers() {
     assert!(out.contains("connection refused"), "{out}");
     assert!(!r.join("var/lib/airlock/kubeadm.done").exists());
 
-    // A half-done earlier join left kubelet's files: reset first, then join.
-    fs::create_dir_all(r.join("etc/kubernetes")).unwrap();
-    fs::write(r.join("etc/kubernetes/bootstrap-kubelet.conf"), "leftover").unwrap();
+    // A half-done earlier join left the CA discovery fetched (kubeadm's
+    // preflight refuses to join over it): reset first, then join.
+    fs::create_dir_all(r.join("etc/kubernetes/pki")).unwrap();
+    fs::write(r.join("etc/kubernetes/pki/ca.crt"), "leftover").unwrap();
     let (ok, out) = kubeadm(&c, r, &[&fast[..], &["--join-attempts", "3"]].concat());
     assert!(ok, "{out}");
+    assert!(
+        out.contains("an earlier kubeadm join stopped half-way (left /etc/kubernetes/pki/ca.crt)"),
+        "{out}"
+    );
     assert!(out.contains("kubeadm reset --force"), "{out}");
     assert!(
         out.contains("airlock: kubeadm join done: w-1 is part of cluster test"),
@@ -524,5 +544,164 @@ fn kubeadm_join_retries_with_backoff_until_the_control_plane_answers() {
     assert!(
         calls(r, "kubectl").is_empty(),
         "a worker applies no CNI manifest"
+    );
+}
+
+#[test]
+fn a_half_done_init_is_reset_on_the_next_boot_keeping_the_baked_ca() {
+    let Some(c) = Containerd::start() else { return };
+    let root = kube_root(&c, INIT_NODE);
+    let r = root.path();
+    let state = r.join("var/lib/airlock-standin");
+    fs::create_dir_all(&state).unwrap();
+    let pki = r.join("etc/kubernetes/pki");
+
+    // First boot: kubeadm init writes its manifests, etcd data and
+    // kubeconfigs, then the control plane does not come up.
+    fs::write(state.join("init-failures"), "1\n").unwrap();
+    let (ok, out) = kubeadm(&c, r, &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("the control plane did not come up"), "{out}");
+    assert!(
+        out.contains("the next boot resets what it left and tries again"),
+        "{out}"
+    );
+    for left in [
+        "etc/kubernetes/manifests/kube-apiserver.yaml",
+        "etc/kubernetes/admin.conf",
+        "var/lib/etcd/member",
+    ] {
+        assert!(r.join(left).exists(), "the failed init left no {left}");
+    }
+    let backup = r.join("var/lib/airlock/pki-backup");
+    assert_eq!(
+        fs::metadata(&backup).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        fs::read_to_string(backup.join("ca.key")).unwrap(),
+        BAKED_CA.1
+    );
+
+    // Next boot: reset (which empties the pki folder), CA back, init again.
+    let (ok, out) = kubeadm(&c, r, &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("an earlier kubeadm init stopped half-way (left /etc/kubernetes/manifests/kube-apiserver.yaml"),
+        "{out}"
+    );
+    assert!(
+        out.contains("restored /etc/kubernetes/pki/ca.key from /var/lib/airlock/pki-backup"),
+        "{out}"
+    );
+    assert!(out.contains("airlock: kubeadm init done: cp-1"), "{out}");
+    let steps: Vec<(String, bool)> = calls(r, "kubeadm")
+        .iter()
+        .map(|c| (c["args"][0].as_str().unwrap().to_string(), c["ok"] == true))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("init".to_string(), false),
+            ("reset".to_string(), true),
+            ("init".to_string(), true)
+        ]
+    );
+    let last = calls(r, "kubeadm").pop().unwrap();
+    assert_eq!(check(&last, "preflight")["ok"], true, "{last}");
+    assert!(
+        check(&last, "cluster-ca")["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("using the existing CA"),
+        "{last}"
+    );
+    assert_eq!(fs::read_to_string(pki.join("ca.crt")).unwrap(), BAKED_CA.0);
+    assert_eq!(fs::read_to_string(pki.join("ca.key")).unwrap(), BAKED_CA.1);
+    assert_eq!(
+        fs::metadata(pki.join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert!(r.join("var/lib/airlock/kubeadm.done").exists());
+}
+
+#[test]
+fn an_init_image_without_its_baked_ca_is_refused() {
+    let Some(c) = Containerd::start() else { return };
+    let root = kube_root(&c, INIT_NODE);
+    let r = root.path();
+    fs::remove_file(r.join("etc/kubernetes/pki/ca.key")).unwrap();
+    let (ok, out) = kubeadm(&c, r, &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(
+            "the cluster CA this image was built with is missing (/etc/kubernetes/pki/ca.key)"
+        ),
+        "{out}"
+    );
+    assert!(calls(r, "kubeadm").is_empty(), "kubeadm ran: {out}");
+}
+
+#[test]
+fn an_edited_hostname_is_applied_and_names_the_node() {
+    let Some(c) = Containerd::start() else { return };
+    // The operator turned the cp-1 stick into cp-7 by editing node.toml on
+    // the ESP: hostname changed, no separate name.
+    let edited = INIT_NODE.replace(
+        "name = \"cp-1\"\nhostname = \"cp-1\"",
+        "hostname = \"cp-7\"",
+    );
+    let root = kube_root(&c, &edited);
+    let r = root.path();
+    fs::create_dir_all(r.join("etc")).unwrap();
+    fs::write(r.join("etc/hostname"), "cp-1\n").unwrap();
+    fs::write(
+        r.join("etc/hosts"),
+        "127.0.0.1\tlocalhost\n127.0.1.1\tcp-1\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    )
+    .unwrap();
+
+    // airlock-hostname.service, before kubelet and kubeadm.
+    let (ok, out) = node(&c, r, &["hostname"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("airlock: host name cp-7 (node.toml; the image was built as cp-1)"),
+        "{out}"
+    );
+    assert_eq!(
+        fs::read_to_string(r.join("etc/hostname")).unwrap(),
+        "cp-7\n"
+    );
+    assert_eq!(
+        fs::read_to_string(r.join("etc/hosts")).unwrap(),
+        "127.0.0.1\tlocalhost\n127.0.1.1\tcp-7\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    );
+    assert_eq!(
+        fs::metadata(r.join("etc/hostname"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o644
+    );
+
+    // kubeadm registers the node under that name.
+    let (ok, out) = kubeadm(&c, r, &[]);
+    assert!(ok, "{out}");
+    assert!(!out.contains("airlock: host name"), "applied twice: {out}");
+    assert!(out.contains("airlock: node cp-7 (host name cp-7)"), "{out}");
+    let text = fs::read_to_string(r.join("etc/kubernetes/airlock/kubeadm.yaml")).unwrap();
+    let init: serde_json::Value = serde_norway::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .find(|d: &serde_json::Value| d["kind"] == "InitConfiguration")
+        .unwrap();
+    assert_eq!(init["nodeRegistration"]["name"], "cp-7", "{text}");
+    assert!(
+        out.contains("kubeadm init done: cp-7 is part of cluster test"),
+        "{out}"
     );
 }

@@ -137,6 +137,7 @@ say() { echo "airlock-probe: $*"; }
 say "images-unit=$(systemctl is-active airlock-images.service) kubeadm-unit=$(systemctl is-active airlock-kubeadm.service) kubelet=$(systemctl is-active kubelet.service)"
 ctr -n k8s.io images ls -q | while read -r r; do say "ctr-ls $r"; done
 say "default-route=$(ip -4 route show default)"
+say "hostname=$(hostname)"
 say "failed-units=$(systemctl list-units --failed --no-legend --plain | cut -d' ' -f1 | tr '\n' ' ')"
 sync
 echo "{{ vars.marker }}"
@@ -243,6 +244,33 @@ cmdline = ["systemd.show_status=auto", "systemd.mask=systemd-networkd-wait-onlin
     let p = d.join("node.toml");
     fs::write(&p, text).unwrap();
     p
+}
+
+/// Edits node.toml on the image's ESP, as an operator would on a laptop
+/// after writing the stick.
+fn edit_node_toml(raw: &Path, out: &Path, edit: impl Fn(&str) -> String) {
+    use std::io::{Read, Seek, Write};
+    let (off, size) = partition(&manifest(out), "esp");
+    let disk = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(raw)
+        .unwrap();
+    let slice = fscommon::StreamSlice::new(disk, off, off + size).unwrap();
+    let esp =
+        fatfs::FileSystem::new(fscommon::BufStream::new(slice), fatfs::FsOptions::new()).unwrap();
+    {
+        let mut f = esp.root_dir().open_file("airlock/node.toml").unwrap();
+        let mut text = String::new();
+        f.read_to_string(&mut text).unwrap();
+        let new = edit(&text);
+        assert_ne!(new, text, "the edit changed nothing");
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.truncate().unwrap();
+        f.write_all(new.as_bytes()).unwrap();
+        f.flush().unwrap();
+    }
+    esp.unmount().unwrap();
 }
 
 /// Boots with the restricted network until the probe's marker; the console.
@@ -446,9 +474,20 @@ fn node_image_imports_images_and_runs_kubeadm_once() {
     let mut wanted: Vec<&str> = KUBEADM_IMAGES.to_vec();
     wanted.push(CNI_IMAGE);
 
-    // 1. First boot: import (the pulled images too), check, pin, route,
-    //    kubeadm init, CNI.
+    // The operator reuses the stick for another node: a new host name in
+    // node.toml on the ESP (the image was built as cp-1).
+    edit_node_toml(&raw, &out, |t| {
+        t.replace("hostname = \"cp-1\"", "hostname = \"cp-7\"")
+    });
+
+    // 1. First boot: host name, import (the pulled images too), check, pin,
+    //    route, kubeadm init, CNI.
     let console = boot(&raw, &d.join("boot1.log"));
+    assert!(
+        console.contains("airlock: host name cp-7 (node.toml; the image was built as cp-1)"),
+        "{console}"
+    );
+    assert_eq!(probe(&console, "hostname"), "cp-7", "{console}");
     for ((file, _, refs), kind) in listed.iter().zip(kinds) {
         let line = console
             .lines()
@@ -496,7 +535,7 @@ fn node_image_imports_images_and_runs_kubeadm_once() {
         "{console}"
     );
     assert!(
-        console.contains("airlock: kubeadm init done: cp-1 is part of cluster boot-test"),
+        console.contains("airlock: kubeadm init done: cp-7 is part of cluster boot-test"),
         "{console}"
     );
     assert_eq!(
@@ -554,6 +593,11 @@ fn node_image_imports_images_and_runs_kubeadm_once() {
             && config.contains("advertiseAddress: \"10.0.2.15\""),
         "{config}"
     );
+    assert!(
+        config.contains("name: \"cp-7\""),
+        "the node registers under the edited name: {config}"
+    );
+    assert_eq!(read(&root, "/etc/hostname"), "cp-7\n");
     assert!(try_read(&root, "/var/lib/airlock/kubeadm.done").is_some());
     drop(root);
 

@@ -5,9 +5,19 @@
 //! `version` and `config images list` (`-o json` too) are answered from the
 //! release this stand-in plays and are not recorded.
 //!
-//! `join` can be told to fail: while `<state>/join-failures` holds a number
-//! above zero, each join decrements it and fails as kubeadm does when the
-//! control plane does not answer (for tests of airlock's retries).
+//! The files it writes model the real tool's contract with a half-done
+//! run: `init` writes the static-pod manifests, the etcd data folder and
+//! the kubeconfig files, keeps an existing CA in /etc/kubernetes/pki (or
+//! makes one), and its preflight refuses to start while any of those are
+//! already there; `join` writes kubelet.conf and pki/ca.crt and refuses
+//! likewise; `reset --force` removes them all, the contents of
+//! /etc/kubernetes/pki included, as the real reset does.
+//!
+//! `init` and `join` can be told to fail: while `<state>/init-failures` or
+//! `<state>/join-failures` holds a number above zero, each call decrements
+//! it and fails, init after writing its partial state (as when the control
+//! plane does not come up in time), join before (the control plane does not
+//! answer), for tests of airlock's retries.
 
 use std::path::Path;
 
@@ -120,15 +130,7 @@ pub fn main(args: &[String]) -> i32 {
             call.finish()
         }
         ["reset", ..] => {
-            // What the real reset removes that airlock looks at.
-            for f in [
-                "/etc/kubernetes/admin.conf",
-                "/etc/kubernetes/kubelet.conf",
-                "/etc/kubernetes/bootstrap-kubelet.conf",
-            ] {
-                let _ = std::fs::remove_file(under_root(f));
-            }
-            say("kubeadm", "reset: removed the kubeconfig files (stand-in)");
+            reset(&mut call, args);
             call.finish()
         }
         _ => {
@@ -180,13 +182,30 @@ fn config(call: &mut Call, args: &[String]) -> Option<Vec<Value>> {
     }
 }
 
+/// The kubeadm API a release reads: v1beta4 from 1.31, v1beta3 before.
+fn api_for(version: &str) -> &'static str {
+    let minor = version
+        .trim_start_matches('v')
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(0);
+    if minor >= 31 {
+        "kubeadm.k8s.io/v1beta4"
+    } else {
+        "kubeadm.k8s.io/v1beta3"
+    }
+}
+
 fn check_kubeadm_api(call: &mut Call, d: &Value) {
     let api = get_str(d, &["apiVersion"]).unwrap_or("");
-    // kubeadm 1.34 reads v1beta4 (v1beta3 is deprecated but accepted).
+    // airlock picks the API by version; anything else is its mistake, even
+    // a deprecated version kubeadm would still read.
+    let want = api_for(VERSION);
     call.check(
         "kubeadm-api",
-        api == "kubeadm.k8s.io/v1beta4" || api == "kubeadm.k8s.io/v1beta3",
-        api,
+        api == want,
+        format!("{api} (kubeadm {VERSION} is given {want} by airlock)"),
     );
 }
 
@@ -250,23 +269,211 @@ fn init(call: &mut Call, args: &[String]) {
     }
     let repo = get_str(cc, &["imageRepository"]).unwrap_or("registry.k8s.io");
     check_images(call, &images(version, repo));
-    if call.ok {
-        // The one side effect the next step relies on: kubectl reads it.
-        let conf = under_root("/etc/kubernetes/admin.conf");
-        let text = "# Written by the airlock kubeadm STAND-IN: no cluster behind it.\n\
-                    apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n";
-        let ok = std::fs::create_dir_all(conf.parent().expect("has a parent"))
-            .and_then(|()| std::fs::write(&conf, text));
-        call.check(
-            "admin-conf-written",
-            ok.is_ok(),
-            format!("{} {ok:?}", conf.display()),
-        );
-        say(
-            "kubeadm",
-            "init: the configuration meets the contract (no control plane was started: stand-in)",
-        );
+    if !call.ok || !preflight(call, INIT_LEFTOVERS) {
+        return;
     }
+    // What the real init writes before it waits for the control plane: a
+    // failure after this point leaves all of it behind.
+    let ca = under_root("/etc/kubernetes/pki/ca.crt");
+    let kept = ca.is_file() && under_root("/etc/kubernetes/pki/ca.key").is_file();
+    let mut files: Vec<(String, String)> = Vec::new();
+    if !kept {
+        files.push((
+            "/etc/kubernetes/pki/ca.crt".into(),
+            "# a NEW cluster CA made by the airlock kubeadm STAND-IN\n".into(),
+        ));
+        files.push((
+            "/etc/kubernetes/pki/ca.key".into(),
+            "# the key of a NEW cluster CA (stand-in)\n".into(),
+        ));
+    }
+    for c in [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "etcd",
+    ] {
+        files.push((
+            format!("/etc/kubernetes/manifests/{c}.yaml"),
+            format!("# static pod written by the airlock kubeadm STAND-IN\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {c}\n"),
+        ));
+    }
+    files.push((
+        "/var/lib/etcd/member/snap/db".into(),
+        "stand-in etcd data\n".into(),
+    ));
+    for f in ["/etc/kubernetes/admin.conf", "/etc/kubernetes/kubelet.conf"] {
+        files.push((
+            f.into(),
+            "# Written by the airlock kubeadm STAND-IN: no cluster behind it.\n\
+             apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n"
+                .into(),
+        ));
+    }
+    write_files(call, &files);
+    call.check(
+        "cluster-ca",
+        true,
+        if kept {
+            format!("using the existing CA {}", ca.display())
+        } else {
+            format!("no CA in {}: made a new one", ca.display())
+        },
+    );
+    if !call.ok
+        || simulated_failure(
+            call,
+            "init-failures",
+            "control-plane-up",
+            "timed out waiting for the condition: the control plane did not come up",
+        )
+    {
+        return;
+    }
+    say(
+        "kubeadm",
+        "init: the configuration meets the contract (no control plane was started: stand-in)",
+    );
+}
+
+/// Files a finished or half-done `init` leaves, which its preflight refuses.
+const INIT_LEFTOVERS: &[&str] = &[
+    "/etc/kubernetes/manifests/kube-apiserver.yaml",
+    "/etc/kubernetes/manifests/kube-controller-manager.yaml",
+    "/etc/kubernetes/manifests/kube-scheduler.yaml",
+    "/etc/kubernetes/manifests/etcd.yaml",
+    "/etc/kubernetes/admin.conf",
+    "/etc/kubernetes/kubelet.conf",
+    "/var/lib/etcd/member",
+];
+
+/// Files a finished or half-done `join` leaves, which its preflight refuses.
+const JOIN_LEFTOVERS: &[&str] = &[
+    "/etc/kubernetes/kubelet.conf",
+    "/etc/kubernetes/bootstrap-kubelet.conf",
+    "/etc/kubernetes/pki/ca.crt",
+];
+
+/// kubeadm's preflight: none of `paths` may exist.
+fn preflight(call: &mut Call, paths: &[&str]) -> bool {
+    let there: Vec<String> = paths
+        .iter()
+        .filter(|p| under_root(p).exists())
+        .map(|p| {
+            // kubeadm names a check after the path, '/' turned into '-'.
+            if p.starts_with("/var/lib/etcd/") {
+                "[ERROR DirAvailable--var-lib-etcd]: /var/lib/etcd is not empty".to_string()
+            } else {
+                format!(
+                    "[ERROR FileAvailable-{}]: {p} already exists",
+                    p.replace('/', "-")
+                )
+            }
+        })
+        .collect();
+    call.check(
+        "preflight",
+        there.is_empty(),
+        if there.is_empty() {
+            "nothing left from an earlier run".to_string()
+        } else {
+            there.join(" ")
+        },
+    )
+}
+
+/// Writes files under the root, recording a failure as a check.
+fn write_files(call: &mut Call, files: &[(String, String)]) {
+    for (f, text) in files {
+        let path = under_root(f);
+        let ok = std::fs::create_dir_all(path.parent().expect("has a parent"))
+            .and_then(|()| std::fs::write(&path, text));
+        if let Err(e) = ok {
+            call.check("files-written", false, format!("{}: {e}", path.display()));
+            return;
+        }
+    }
+    call.check(
+        "files-written",
+        true,
+        files
+            .iter()
+            .map(|(f, _)| f.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+}
+
+/// A failure the test asked for: while `<state>/<counter>` holds a number
+/// above zero, decrements it and records the failed check `name`.
+fn simulated_failure(call: &mut Call, counter: &str, name: &str, what: &str) -> bool {
+    let counter = state_dir().join(counter);
+    let left: u32 = std::fs::read_to_string(&counter)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if left == 0 {
+        return false;
+    }
+    let _ = std::fs::write(&counter, format!("{}\n", left - 1));
+    call.check(
+        name,
+        false,
+        format!("simulated: {what} ({} more to fail)", left - 1),
+    );
+    true
+}
+
+/// `kubeadm reset --force`: what the real reset deletes.
+fn reset(call: &mut Call, args: &[String]) {
+    if !args.iter().any(|a| a == "--force" || a == "-f") {
+        // The real reset asks on the terminal; a unit has none.
+        call.check(
+            "force",
+            false,
+            "reset without --force waits for a yes on stdin",
+        );
+        return;
+    }
+    let mut removed = Vec::new();
+    for dir in [
+        "/etc/kubernetes/manifests",
+        "/etc/kubernetes/pki",
+        "/var/lib/kubelet",
+        "/var/lib/etcd",
+    ] {
+        let d = under_root(dir);
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let gone = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                if gone.is_ok() {
+                    removed.push(p.display().to_string());
+                }
+            }
+        }
+    }
+    for f in [
+        "/etc/kubernetes/admin.conf",
+        "/etc/kubernetes/super-admin.conf",
+        "/etc/kubernetes/kubelet.conf",
+        "/etc/kubernetes/bootstrap-kubelet.conf",
+        "/etc/kubernetes/controller-manager.conf",
+        "/etc/kubernetes/scheduler.conf",
+    ] {
+        if std::fs::remove_file(under_root(f)).is_ok() {
+            removed.push(f.to_string());
+        }
+    }
+    call.check("reset", true, format!("removed {}", removed.join(" ")));
+    say(
+        "kubeadm",
+        "reset: removed what init and join write (stand-in)",
+    );
 }
 
 fn join(call: &mut Call, args: &[String]) {
@@ -307,36 +514,50 @@ fn join(call: &mut Call, args: &[String]) {
         !hashes.is_empty() && hashes.iter().all(hash_ok),
         format!("caCertHashes {hashes:?}"),
     );
-    if !call.ok {
+    if !call.ok || !preflight(call, JOIN_LEFTOVERS) {
         return;
     }
-    // Simulated unreachable control plane, for retry tests.
-    let counter = state_dir().join("join-failures");
-    let left: u32 = std::fs::read_to_string(&counter)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    if left > 0 {
-        let _ = std::fs::write(&counter, format!("{}\n", left - 1));
-        call.check(
-            "control-plane-answers",
-            false,
-            format!(
-                "simulated: dial tcp {endpoint}: connect: connection refused ({} more to fail)",
-                left - 1
+    if simulated_failure(
+        call,
+        "join-failures",
+        "control-plane-answers",
+        &format!("dial tcp {endpoint}: connect: connection refused"),
+    ) {
+        return;
+    }
+    // What the real join leaves: the cluster CA from discovery, and
+    // kubelet's kubeconfig after the TLS bootstrap.
+    write_files(
+        call,
+        &[
+            (
+                "/etc/kubernetes/pki/ca.crt".into(),
+                "# the cluster CA as discovery fetched it (stand-in)\n".into(),
             ),
-        );
-        return;
-    }
-    say(
-        "kubeadm",
-        "join: the configuration meets the contract (nothing was joined: stand-in)",
+            (
+                "/etc/kubernetes/kubelet.conf".into(),
+                "# Written by the airlock kubeadm STAND-IN.\napiVersion: v1\nkind: Config\n".into(),
+            ),
+        ],
     );
+    if call.ok {
+        say(
+            "kubeadm",
+            "join: the configuration meets the contract (nothing was joined: stand-in)",
+        );
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_follows_the_release() {
+        assert_eq!(api_for("v1.34.11"), "kubeadm.k8s.io/v1beta4");
+        assert_eq!(api_for("1.31.0"), "kubeadm.k8s.io/v1beta4");
+        assert_eq!(api_for("1.30.14"), "kubeadm.k8s.io/v1beta3");
+    }
 
     #[test]
     fn image_list_matches_kubeadm_1_34() {

@@ -30,10 +30,20 @@ pub struct NodeArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCmd {
+    Hostname(HostnameArgs),
     Images(ImagesArgs),
     Route(RouteArgs),
     Kubeadm(KubeadmArgs),
 }
+
+/// Apply the host name from node.toml.
+///
+/// Writes it to /etc/hostname and the 127.0.1.1 line of /etc/hosts, and
+/// sets the running host name, so an operator who edited node.toml on the
+/// ESP gets that name before kubelet and kubeadm start. The Kubernetes node
+/// name follows it unless node.toml sets `name`.
+#[derive(Debug, Args)]
+pub struct HostnameArgs {}
 
 /// Import the preloaded image archives into containerd.
 ///

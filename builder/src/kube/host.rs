@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Host settings of a Kubernetes node ([host]), with safe defaults: swap off
-//! (Fedora's swap on zram too), SELinux permissive where the base has it,
+//! (Fedora's swap on zram too; or kept, with kubelet told so), SELinux permissive where the base has it,
 //! firewalld disabled (or the Kubernetes ports opened), time zone and NTP
 //! servers inside the gap.
 
@@ -37,11 +37,15 @@ pub fn apply(
     // Swap: kubelet refuses to start with swap on. zram-generator reads
     // /etc/systemd/zram-generator.conf before /usr/lib's: with no [zram*]
     // section it makes no device. swap.target masked keeps any other swap off.
-    put(
-        "etc/systemd/zram-generator.conf",
-        "# Written by airlock: no swap on zram on a Kubernetes node (kubelet refuses swap).\n",
-    )?;
-    mask("swap.target")?;
+    if keep_swap(l) {
+        notes.push("swap kept as the base has it (host.swap = \"keep\"): kubelet runs with failSwapOn: false, pods get no swap (NoSwap)".into());
+    } else {
+        put(
+            "etc/systemd/zram-generator.conf",
+            "# Written by airlock: no swap on zram on a Kubernetes node (kubelet refuses swap).\n",
+        )?;
+        mask("swap.target")?;
+    }
 
     // SELinux.
     if root.exists("etc/selinux/config") {
@@ -153,21 +157,34 @@ pub fn apply(
     Ok(notes)
 }
 
-/// The ports a node of `role` serves, plus flannel's VXLAN.
+/// Whether the recipe keeps the base's swap (`[host] swap = "keep"`).
+pub fn keep_swap(l: &Loaded) -> bool {
+    l.recipe
+        .host
+        .as_ref()
+        .and_then(|h| h.swap.as_ref())
+        .is_some_and(|s| s.get_ref() == "keep")
+}
+
+/// The ports a node of `role` serves (Kubernetes' "Ports and Protocols"
+/// page), plus flannel's VXLAN. Every kubeadm node runs kubelet and
+/// kube-proxy, so the control plane also serves the kube-proxy health
+/// check and NodePort Services (TCP and UDP).
 pub fn ports(role: Role) -> Vec<(u32, u32, &'static str)> {
     let mut p = vec![
         (10250, 10250, "tcp"),
         (10256, 10256, "tcp"),
+        (30000, 32767, "tcp"),
+        (30000, 32767, "udp"),
         (8472, 8472, "udp"),
     ];
-    match role {
-        Role::Init => p.extend([
+    if role == Role::Init {
+        p.extend([
             (6443, 6443, "tcp"),
             (2379, 2380, "tcp"),
             (10257, 10257, "tcp"),
             (10259, 10259, "tcp"),
-        ]),
-        Role::Join => p.push((30000, 32767, "tcp")),
+        ]);
     }
     p
 }

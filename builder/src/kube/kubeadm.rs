@@ -51,14 +51,28 @@ fn context(cluster: &ClusterSettings, node: &NodeSettings) -> Result<serde_json:
     if n.role == Role::Init && cluster.bootstrap_token.is_none() {
         bail!("an init node needs bootstrap_token in cluster.toml (the token worker images join with)");
     }
+    // kubelet flags from kubeadm-flags.env override its configuration file.
+    let mut kubelet_args: Vec<(&str, String)> = Vec::new();
+    if let Some(a) = n.advertise_address {
+        kubelet_args.push(("node-ip", a.to_string()));
+    }
+    if cluster.keep_swap && n.role == Role::Join {
+        // A worker's KubeletConfiguration is the cluster's (the control
+        // plane's); this node's swap must not stop its kubelet.
+        kubelet_args.push(("fail-swap-on", "false".into()));
+    }
     Ok(json!({
+        "kubelet_args": kubelet_args
+            .iter()
+            .map(|(k, v)| json!({ "name": k, "value": v }))
+            .collect::<Vec<_>>(),
         "api": cluster.kubeadm_api,
         "v1beta4": cluster.kubeadm_api.ends_with("/v1beta4"),
         "kubernetes_version": v.with_v(),
         "cluster": cluster,
         // Every key present (null when unset): templates run with strict undefined.
         "node": {
-            "name": n.name,
+            "name": n.node_name(),
             "hostname": n.hostname,
             "role": n.role,
             "advertise_address": n.advertise_address.map(|a| a.to_string()),
@@ -176,7 +190,10 @@ pub fn images(
 ) -> Result<ImageList> {
     if host_can_run(kubeadm) {
         match run_kubeadm_version(kubeadm) {
-            Ok(v) => return images_from_kubeadm(kubeadm, config, &v),
+            Ok(v) => {
+                check_version(&v, &cluster.kubernetes_version)?;
+                return images_from_kubeadm(kubeadm, config, &v);
+            }
             Err(e) => notes.push(format!(
                 "the baked kubeadm does not run on this build host ({e:#}); using airlock's image table"
             )),
@@ -185,6 +202,21 @@ pub fn images(
         notes.push("the baked kubeadm is not a program this build host can run; using airlock's image table".into());
     }
     from_table(cluster)
+}
+
+/// The baked kubeadm must be the release the recipe names: another one
+/// would set up another version than the configuration and images say.
+fn check_version(reported: &str, wanted: &str) -> Result<()> {
+    let want = Version::parse_exact("kubernetes.version", wanted)?;
+    let ok = Version::parse_exact("kubeadm version", reported.trim()).is_ok_and(|v| v == want);
+    if !ok {
+        bail!(
+            "kubernetes.kubeadm is kubeadm {:?} (`kubeadm version -o short`) but kubernetes.version is {want}: \
+             pin the kubeadm (and kubelet, kubectl) of release {want}, or set the version to kubeadm's",
+            reported.trim()
+        );
+    }
+    Ok(())
 }
 
 fn sandboxed(kubeadm: &Path) -> Command {
@@ -238,10 +270,9 @@ fn images_from_kubeadm(kubeadm: &Path, config: &str, version: &str) -> Result<Im
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Table {
     kubernetes: BTreeMap<String, TableEntry>,
-    #[allow(dead_code)]
-    containerd: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -324,10 +355,12 @@ pub struct Needed {
 /// one is named.
 pub fn check_coverage(needed: &[Needed], present: &BTreeMap<String, String>) -> Result<()> {
     let mut missing = Vec::new();
+    let mut named = std::collections::BTreeSet::new();
     for n in needed {
         let r = normalize_ref(&n.reference)
             .with_context(|| format!("image {:?} ({})", n.reference, n.why))?;
-        if !present.contains_key(&r) && !missing.iter().any(|m: &String| m.starts_with(&r)) {
+        // Exact references: pause:3.10.1 neither provides nor hides pause:3.10.
+        if !present.contains_key(&r) && named.insert(r.clone()) {
             missing.push(format!("{r} ({})", n.why));
         }
     }

@@ -32,6 +32,7 @@ pub const CNI_DIR: &str = "/usr/lib/airlock/cni";
 pub const IMAGES_UNIT: &str = "airlock-images.service";
 pub const KUBEADM_UNIT: &str = "airlock-kubeadm.service";
 pub const ROUTE_UNIT: &str = "airlock-route.service";
+pub const HOSTNAME_UNIT: &str = "airlock-hostname.service";
 /// A recipe's shadowing `kube/` templates, for the node to render with.
 pub const TEMPLATES_DIR: &str = "/usr/lib/airlock/templates/kube";
 

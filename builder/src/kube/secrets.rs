@@ -50,8 +50,17 @@ pub enum Origin {
 }
 
 /// Loads the cluster's secrets from `dir`, or makes them when there are
-/// none (or when `rotate`).
+/// none (or when `rotate`), and saves new ones at once.
 pub fn load_or_create(dir: &Path, cluster: &str, rotate: bool) -> Result<(Secrets, Origin)> {
+    let (s, origin) = load_or_make(dir, cluster, rotate)?;
+    save(&s, origin)?;
+    Ok((s, origin))
+}
+
+/// Like [`load_or_create`], but new secrets are only made in memory:
+/// [`save`] them once the build that uses them has passed its checks, so a
+/// failed build leaves no secrets behind that no image carries.
+pub fn load_or_make(dir: &Path, cluster: &str, rotate: bool) -> Result<(Secrets, Origin)> {
     let present: Vec<&str> = [CA_CRT, CA_KEY, TOKEN]
         .into_iter()
         .filter(|f| dir.join(f).exists())
@@ -67,25 +76,13 @@ pub fn load_or_create(dir: &Path, cluster: &str, rotate: bool) -> Result<(Secret
             present.join(", ")
         );
     }
-    make_private_dir(dir)?;
     let origin = if present.is_empty() {
         Origin::Created
     } else {
         Origin::Rotated
     };
-    if origin == Origin::Rotated {
-        let prev = dir.join("previous");
-        make_private_dir(&prev)?;
-        for f in &present {
-            fs::rename(dir.join(f), prev.join(f))
-                .with_context(|| format!("moving old {f} to {}", prev.display()))?;
-        }
-    }
     let (ca_cert_pem, ca_key_pem) = make_ca(cluster)?;
     let token = make_token()?;
-    write_private(&dir.join(CA_KEY), ca_key_pem.as_bytes())?;
-    write_private(&dir.join(CA_CRT), ca_cert_pem.as_bytes())?;
-    write_private(&dir.join(TOKEN), format!("{token}\n").as_bytes())?;
     Ok((
         Secrets {
             ca_cert_pem,
@@ -95,6 +92,31 @@ pub fn load_or_create(dir: &Path, cluster: &str, rotate: bool) -> Result<(Secret
         },
         origin,
     ))
+}
+
+/// Writes secrets made by [`load_or_make`] to their folder (0700, files
+/// 0600); rotated ones move the old set to `previous/`. Reused ones are
+/// already there.
+pub fn save(s: &Secrets, origin: Origin) -> Result<()> {
+    let dir = &s.dir;
+    match origin {
+        Origin::Reused => return Ok(()),
+        Origin::Created => make_private_dir(dir)?,
+        Origin::Rotated => {
+            make_private_dir(dir)?;
+            let prev = dir.join("previous");
+            make_private_dir(&prev)?;
+            for f in [CA_CRT, CA_KEY, TOKEN] {
+                if dir.join(f).exists() {
+                    fs::rename(dir.join(f), prev.join(f))
+                        .with_context(|| format!("moving old {f} to {}", prev.display()))?;
+                }
+            }
+        }
+    }
+    write_private(&dir.join(CA_KEY), s.ca_key_pem.as_bytes())?;
+    write_private(&dir.join(CA_CRT), s.ca_cert_pem.as_bytes())?;
+    write_private(&dir.join(TOKEN), format!("{}\n", s.token).as_bytes())
 }
 
 fn load(dir: &Path) -> Result<Secrets> {
@@ -288,6 +310,24 @@ mod tests {
                 .trim(),
             a.token
         );
+    }
+
+    #[test]
+    fn made_secrets_are_written_only_when_saved() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("prod/secrets");
+        let (s, o) = load_or_make(&dir, "prod", false).unwrap();
+        assert_eq!(o, Origin::Created);
+        assert!(!dir.exists(), "made secrets were written before save");
+        save(&s, o).unwrap();
+        let (again, o) = load_or_make(&dir, "prod", false).unwrap();
+        assert_eq!((o, &again.token), (Origin::Reused, &s.token));
+        // A rotation not saved keeps the old set in place.
+        let (_, o) = load_or_make(&dir, "prod", true).unwrap();
+        assert_eq!(o, Origin::Rotated);
+        assert!(!dir.join("previous").exists());
+        let (kept, _) = load_or_make(&dir, "prod", false).unwrap();
+        assert_eq!(kept.token, s.token);
     }
 
     #[test]

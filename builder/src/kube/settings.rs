@@ -42,6 +42,10 @@ pub struct ClusterSettings {
     pub pause_image: String,
     /// The node's platform, e.g. "linux/amd64".
     pub platform: String,
+    /// The node keeps its swap ([host] swap = "keep"): kubelet must not
+    /// refuse it, and pods get none (1.30 and later).
+    #[serde(default)]
+    pub keep_swap: bool,
     /// Init images only: the bootstrap token the InitConfiguration creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_token: Option<String>,
@@ -60,8 +64,11 @@ pub struct NodeSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
-    /// Kubernetes node name.
-    pub name: String,
+    /// Kubernetes node name, when it must differ from the host name
+    /// (default: the host name, so editing `hostname` renames the node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Applied at first boot (/etc/hostname and the running system).
     pub hostname: String,
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,6 +120,9 @@ impl ClusterSettings {
     pub fn validate(&self) -> Result<()> {
         let v = Version::parse_exact("kubernetes_version", &self.kubernetes_version)?;
         let api = v.kubeadm_api()?;
+        if self.keep_swap && v.minor_key() < (1, 30) {
+            bail!("keep_swap = true needs Kubernetes 1.30 or later (swapBehavior NoSwap); this is {v}");
+        }
         if self.kubeadm_api != api {
             bail!(
                 "kubeadm_api {:?} does not fit Kubernetes {v}, which takes {api:?}",
@@ -148,6 +158,16 @@ impl ClusterSettings {
     }
 }
 
+impl NodeSection {
+    /// The Kubernetes node name: `name`, else the host name in lowercase
+    /// (what kubelet itself would register).
+    pub fn node_name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.hostname.to_ascii_lowercase())
+    }
+}
+
 impl NodeSettings {
     pub fn from_toml(text: &str, what: &str) -> Result<NodeSettings> {
         let n: NodeSettings = toml::from_str(text)
@@ -178,11 +198,17 @@ impl NodeSettings {
                         && !l.ends_with('-')
                 })
         };
-        if !dns(&n.name) {
-            bail!("node.name {:?} is not a lowercase DNS name", n.name);
+        if let Some(name) = &n.name {
+            if !dns(name) {
+                bail!("node.name {name:?} is not a lowercase DNS name");
+            }
         }
-        if !dns(&n.hostname.to_ascii_lowercase()) {
-            bail!("node.hostname {:?} is not a host name", n.hostname);
+        // One label: it is also the kernel's host name (at most 64 bytes).
+        if !dns(&n.hostname.to_ascii_lowercase()) || n.hostname.contains('.') {
+            bail!(
+                "node.hostname {:?} is not a host name (letters, digits and '-', at most 63)",
+                n.hostname
+            );
         }
         if let Some(i) = &n.advertise_interface {
             if i.is_empty() || i.len() > 15 || i.contains(['/', ' ', ':', '"']) {

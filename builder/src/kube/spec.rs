@@ -151,6 +151,11 @@ pub struct Host {
     /// Kubernetes and flannel ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firewalld: Option<Spanned<String>>,
+    /// "off" (default: swap off, Fedora's swap on zram too) or "keep" the
+    /// base's swap: kubelet then runs with `failSwapOn: false` and pods get
+    /// none of it (`swapBehavior: NoSwap`, Kubernetes 1.30 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap: Option<Spanned<String>>,
     /// e.g. "UTC" or "Europe/Oslo" (default: the base's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<Spanned<String>>,
@@ -481,6 +486,16 @@ pub fn validate(l: &Loaded) -> Result<()> {
             &["enforcing", "permissive", "disabled"],
         )?;
         check_choice(l, "host.firewalld", &h.firewalld, &["disable", "open"])?;
+        check_choice(l, "host.swap", &h.swap, &["off", "keep"])?;
+        if let Some(s) = h.swap.as_ref().filter(|s| s.get_ref() == "keep") {
+            if kv.minor_key() < (1, 30) {
+                bail!(
+                    "{}: host.swap = \"keep\" needs Kubernetes 1.30 or later (kubelet's swapBehavior NoSwap, which keeps \
+                     pods out of swap, came in 1.30); this recipe has {kv}: use \"off\"",
+                    l.at(s)
+                );
+            }
+        }
         if let Some(tz) = &h.timezone {
             let v = tz.get_ref();
             if v.is_empty() || v.starts_with('/') || v.split('/').any(|c| c == ".." || c.is_empty())

@@ -21,8 +21,8 @@ use super::settings::{
 use super::spec::{self, Role, DEFAULT_TOKEN_TTL};
 use super::version::{self, Version};
 use super::{
-    cni, containerd, host, net, secrets, AIRLOCK_BIN, CNI_DIR, IMAGES_DIR, IMAGES_JSON,
-    IMAGES_UNIT, KUBEADM_UNIT, ROUTE_UNIT, TEMPLATES_DIR,
+    cni, containerd, host, net, secrets, AIRLOCK_BIN, CNI_DIR, HOSTNAME_UNIT, IMAGES_DIR,
+    IMAGES_JSON, IMAGES_UNIT, KUBEADM_UNIT, ROUTE_UNIT, TEMPLATES_DIR,
 };
 use crate::fs::fat::{EspFile, EspSource};
 use crate::inputs::Resolved;
@@ -43,6 +43,65 @@ pub struct Staged {
     pub esp: Vec<EspFile>,
     /// Where containerd looks for CNI plugins (for preflight).
     pub cni_bin_dirs: Vec<String>,
+    /// The files airlock wrote and checked, as they were then ([`finish`]
+    /// refuses a template or overlay that changed them).
+    pub managed: BTreeMap<String, Option<Fingerprint>>,
+    /// The cluster secrets in the image, saved by [`finish`] when new.
+    pub secrets: Option<(secrets::Secrets, secrets::Origin)>,
+}
+
+/// A file as airlock left it: a later write or replacement changes its
+/// inode or its ctime (which no one can set back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    ctime: (i64, i64),
+}
+
+fn fingerprint(root: &Root, path: &str) -> Result<Option<Fingerprint>> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(f) = root.open(path)? else {
+        return Ok(None);
+    };
+    let m = f
+        .metadata()
+        .with_context(|| format!("reading the metadata of {path} in the image"))?;
+    Ok(Some(Fingerprint {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    }))
+}
+
+/// The fingerprints of `paths`, and of every file under the template
+/// folder the node renders with (an overlay must not add one there either).
+fn managed_files(root: &Root, paths: &[String]) -> Result<BTreeMap<String, Option<Fingerprint>>> {
+    let mut out = BTreeMap::new();
+    for p in paths {
+        let p = format!("/{}", p.trim_start_matches('/'));
+        let f = fingerprint(root, &p)?;
+        out.insert(p, f);
+    }
+    let mut dirs = vec![crate::node::paths::TEMPLATES.to_string()];
+    while let Some(dir) = dirs.pop() {
+        for name in root.list_dir(&dir)? {
+            let p = format!("{dir}/{name}");
+            let is_dir = match root.open(&p)? {
+                Some(f) => f.metadata().map(|m| m.is_dir()).unwrap_or(false),
+                None => false,
+            };
+            if is_dir {
+                dirs.push(p);
+            } else {
+                let f = fingerprint(root, &p)?;
+                out.insert(p, f);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Whether a resolved input belongs to the Kubernetes sections.
@@ -136,10 +195,11 @@ pub fn run(
 
     // Secrets: once per cluster, reused by every later build.
     let sdir = secrets_dir(&cx.out, cluster.name.get_ref());
-    let (secrets, origin) = secrets::load_or_create(&sdir, cluster.name.get_ref(), rotate_secrets)?;
+    // New ones are saved only once the build's checks pass (finish).
+    let (secrets, origin) = secrets::load_or_make(&sdir, cluster.name.get_ref(), rotate_secrets)?;
     log.note(match origin {
         secrets::Origin::Created => format!(
-            "cluster secrets: made a new CA and bootstrap token in {}",
+            "cluster secrets: made a new CA and bootstrap token, for {} once the checks pass",
             sdir.display()
         ),
         secrets::Origin::Reused => format!(
@@ -147,7 +207,7 @@ pub fn run(
             sdir.display()
         ),
         secrets::Origin::Rotated => format!(
-            "cluster secrets: rotated (old ones in {}/previous)",
+            "cluster secrets: rotated (the old ones go to {}/previous once the checks pass)",
             sdir.display()
         ),
     });
@@ -168,7 +228,7 @@ pub fn run(
 
     let (mut settings, node) = settings(l, &secrets.token, &ca_cert_hash)?;
     let endpoint = node.node.control_plane_endpoint.clone();
-    let node_name = node.node.name.clone();
+    let node_name = node.node.node_name();
     let cni_manifest = settings.cni_manifest.clone();
     let cni_spec = r
         .cni
@@ -299,7 +359,8 @@ pub fn run(
     fs::set_permissions(&exe, fs::Permissions::from_mode(0o755))
         .with_context(|| format!("making {} executable", exe.display()))?;
     let mut list_notes = Vec::new();
-    let list = kubeadm::images(&exe, &listing, &settings, &mut list_notes)?;
+    let list = kubeadm::images(&exe, &listing, &settings, &mut list_notes)
+        .with_context(|| l.at(&k.kubeadm.source))?;
     drop(tmp);
     for n in list_notes {
         log.note(n);
@@ -447,7 +508,7 @@ pub fn run(
     root.write_file(AIRLOCK_BIN, &mut f, &Attrs::root(0o755, epoch))
         .context("copying airlock into the image")?;
     root.mkdir_all("var/lib/airlock", epoch)?;
-    for unit in [IMAGES_UNIT, KUBEADM_UNIT, ROUTE_UNIT] {
+    for unit in [HOSTNAME_UNIT, IMAGES_UNIT, KUBEADM_UNIT, ROUTE_UNIT] {
         put(
             root,
             &format!("etc/systemd/system/{unit}"),
@@ -469,6 +530,35 @@ pub fn run(
             ));
         }
     }
+
+    // What a later template or overlay must leave alone: everything above
+    // that was checked, or that the node reads as the build's contract.
+    let mut managed: Vec<String> = vec![
+        containerd::CONFIG_PATH.into(),
+        "/etc/systemd/system/kubelet.service".into(),
+        "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf".into(),
+        IMAGES_JSON.into(),
+        cni_text.0.clone(),
+        CLUSTER_TOML.into(),
+        AIRLOCK_BIN.into(),
+    ];
+    managed.extend(
+        [HOSTNAME_UNIT, IMAGES_UNIT, KUBEADM_UNIT, ROUTE_UNIT]
+            .iter()
+            .map(|u| format!("/etc/systemd/system/{u}")),
+    );
+    managed.extend(["kubeadm", "kubelet", "kubectl"].map(|b| format!("{bin_dir}/{b}")));
+    managed.extend(archives.iter().map(|a| a.file.clone()));
+    if !c.packaged {
+        managed.push("/etc/systemd/system/containerd.service".into());
+    }
+    if role == Role::Init {
+        managed.extend([
+            "/etc/kubernetes/pki/ca.crt".into(),
+            "/etc/kubernetes/pki/ca.key".into(),
+        ]);
+    }
+    let managed = managed_files(root, &managed)?;
 
     let mut manifest = Map::new();
     manifest.insert(
@@ -512,6 +602,8 @@ pub fn run(
             source: EspSource::Bytes(node.to_toml()?.into_bytes()),
         }],
         cni_bin_dirs,
+        managed,
+        secrets: Some((secrets, origin)),
     }))
 }
 
@@ -572,17 +664,19 @@ pub fn settings(
         // Replaced by kubeadm's pause image once the image list is known.
         pause_image: format!("{}/pause", cluster.image_repository.get_ref()),
         platform: platform.to_string(),
+        keep_swap: host::keep_swap(l),
         bootstrap_token: (role == Role::Init).then(|| token.to_string()),
     };
     let node = NodeSettings {
         node: NodeSection {
+            // Written only when it differs from the host name, so an
+            // operator who edits the hostname in node.toml renames the node.
             name: r
                 .node
                 .name
                 .as_ref()
-                .unwrap_or(&r.node.hostname)
-                .get_ref()
-                .clone(),
+                .map(|n| n.get_ref().clone())
+                .filter(|n| *n != r.node.hostname.get_ref().to_ascii_lowercase()),
             hostname: r.node.hostname.get_ref().clone(),
             role,
             advertise_address: advertise,
@@ -722,15 +816,89 @@ pub(crate) fn packaged_version(root: &Root) -> Result<Option<(u32, u32)>> {
     Ok(None)
 }
 
-/// After templates and overlays: the tree has what kubeadm's preflight
-/// checks need for the kernel that boots; every missing piece is named.
-pub fn preflight(
+/// After templates and overlays, on the final tree: the files airlock
+/// rendered and checked are still its own, and the tree has what kubeadm's
+/// preflight needs for the kernel that boots. Only then are new cluster
+/// secrets saved, so a refused build leaves none behind.
+pub fn finish(
     cx: &BuildContext,
     root: &Root,
     kernel: &crate::boot::Kernel,
     staged: Option<&Staged>,
 ) -> Result<()> {
     let Some(s) = staged else { return Ok(()) };
+    check_unchanged(cx, root, &s.managed)?;
+    preflight(cx, root, kernel, s)?;
+    if let Some((secrets, origin)) = &s.secrets {
+        secrets::save(secrets, *origin).context("saving the cluster secrets")?;
+    }
+    Ok(())
+}
+
+/// Refuses a recipe whose templates or overlays replaced, changed, added or
+/// removed a file airlock rendered and checked: the image would carry
+/// something no check has seen.
+fn check_unchanged(
+    cx: &BuildContext,
+    root: &Root,
+    before: &BTreeMap<String, Option<Fingerprint>>,
+) -> Result<()> {
+    let paths: Vec<String> = before.keys().cloned().collect();
+    let after = managed_files(root, &paths)?;
+    let changed: Vec<&String> = after
+        .iter()
+        .filter(|(p, f)| before.get(*p) != Some(f))
+        .map(|(p, _)| p)
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let l = &cx.loaded;
+    let who = |path: &str| -> String {
+        let rel = path.trim_start_matches('/');
+        let same = |p: &str| {
+            p.trim_start_matches('/') == rel
+                || matches!((root.resolve(p), root.resolve(path)), (Ok(Some(a)), Ok(Some(b))) if a == b)
+        };
+        if let Some(t) = l.recipe.templates.iter().find(|t| same(t.path.get_ref())) {
+            return format!("the [[template]] at {}", l.at(&t.path));
+        }
+        if let Some(o) = l
+            .recipe
+            .overlays
+            .iter()
+            .find(|o| l.resolve(o.get_ref()).join(rel).symlink_metadata().is_ok())
+        {
+            return format!(
+                "the overlay {} ({})",
+                l.resolve(o.get_ref()).display(),
+                l.at(o)
+            );
+        }
+        "a [[template]] or overlay".into()
+    };
+    let list: Vec<String> = changed
+        .iter()
+        .map(|p| format!("{p}, changed by {}", who(p)))
+        .collect();
+    bail!(
+        "{}: the recipe replaces files airlock writes for the Kubernetes node and has checked:\n  {}\n\
+         the image would carry what no check has seen. Remove them from the template or overlay; to change \
+         them, use the recipe's [kubernetes], [containerd], [cni], [[image]], [cluster] and [host] settings, \
+         or shadow airlock's template in template_dir's kube/ folder (rendered and checked like its own)",
+        l.path.display(),
+        list.join("\n  ")
+    )
+}
+
+/// The tree has what kubeadm's preflight checks need for the kernel that
+/// boots; every missing piece is named.
+fn preflight(
+    cx: &BuildContext,
+    root: &Root,
+    kernel: &crate::boot::Kernel,
+    s: &Staged,
+) -> Result<()> {
     cx.progress.step("checking what kubeadm's preflight needs");
     let missing = super::preflight::check(root, &kernel.version, &s.cni_bin_dirs)?;
     if !missing.is_empty() {

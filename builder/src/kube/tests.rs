@@ -202,6 +202,21 @@ fn hostile_recipes_fail_clearly() {
         "{}",
         err(&join)
     );
+    // Swap: "off" or "keep", and "keep" only where kubelet has NoSwap.
+    let swap = |v: &str, version: &str| {
+        err(&format!("{good}\n[host]\nswap = \"{v}\"\n")
+            .replace("version = \"1.34.11\"", &format!("version = \"{version}\"")))
+    };
+    let e = swap("on", "1.34.11");
+    assert!(
+        e.contains("host.swap \"on\" is not one of off, keep"),
+        "{e}"
+    );
+    let e = swap("keep", "1.29.15");
+    assert!(
+        e.contains("r.toml:") && e.contains("needs Kubernetes 1.30") && e.contains("1.29.15"),
+        "{e}"
+    );
     // An init node can take its own advertise address as the endpoint.
     parse(
         &good
@@ -394,13 +409,65 @@ fn host_settings_on_a_fedora_like_tree() {
     assert!(root.exists("etc/systemd/zram-generator.conf"));
     assert!(root.is_symlink("etc/systemd/system/swap.target"));
     assert!(notes.is_empty(), "{notes:?}");
-    // NTP servers for a base with neither chrony nor timesyncd: refused.
+    // swap = "keep": Fedora's zram swap and swap.target are left alone.
+    let (_d3, kept) = staging();
+    let keep = parse(&(node_recipe() + "\n[host]\nswap = \"keep\"\n")).unwrap();
+    let notes = super::host::apply(&keep, &kept, &Renderer::new(None), Role::Init, 0).unwrap();
+    assert!(!kept.exists("etc/systemd/zram-generator.conf"));
+    assert!(!kept.is_symlink("etc/systemd/system/swap.target"));
+    assert!(notes[0].contains("failSwapOn: false"), "{notes:?}");
+    // A time zone the base lacks: refused.
     let (_d2, bare) = staging();
     let e = format!(
         "{:#}",
         super::host::apply(&l, &bare, &Renderer::new(None), Role::Init, 0).unwrap_err()
     );
-    assert!(e.contains("Europe/Oslo"), "{e}");
+    assert!(e.contains("host.timezone \"Europe/Oslo\""), "{e}");
+    // NTP servers for a base with neither chrony nor timesyncd: refused.
+    let ntp_only = parse(&(node_recipe() + "\n[host]\nntp = [\"10.0.0.1\"]\n")).unwrap();
+    let e = format!(
+        "{:#}",
+        super::host::apply(&ntp_only, &bare, &Renderer::new(None), Role::Init, 0).unwrap_err()
+    );
+    assert!(
+        e.contains(
+            "host.ntp is set but the base has neither chrony (chronyd) nor systemd-timesyncd"
+        ),
+        "{e}"
+    );
+}
+
+/// Kubernetes' "Ports and Protocols": every node serves kubelet, the
+/// kube-proxy health check and NodePort Services over TCP and UDP; the
+/// control plane adds the API server, etcd, the controller manager and the
+/// scheduler. Flannel's VXLAN on both.
+#[test]
+fn firewall_ports_follow_the_kubernetes_ports_page() {
+    let both = [
+        (10250, 10250, "tcp"),
+        (10256, 10256, "tcp"),
+        (30000, 32767, "tcp"),
+        (30000, 32767, "udp"),
+        (8472, 8472, "udp"),
+    ];
+    let plane = [
+        (6443, 6443, "tcp"),
+        (2379, 2380, "tcp"),
+        (10257, 10257, "tcp"),
+        (10259, 10259, "tcp"),
+    ];
+    let sorted = |mut v: Vec<(u32, u32, &'static str)>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(super::host::ports(Role::Join)),
+        sorted(both.to_vec())
+    );
+    assert_eq!(
+        sorted(super::host::ports(Role::Init)),
+        sorted([&both[..], &plane[..]].concat())
+    );
 }
 
 #[test]

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use super::retry::{retry, Backoff};
 use super::settings;
-use super::{paths, route, say, write_atomic, NodeRoot};
+use super::{hostname, paths, route, say, write_atomic, write_with_mode, NodeRoot};
 use crate::cli::node::KubeadmArgs;
 use crate::cmd::CommandRunExt;
 use crate::kube::settings::{ClusterSettings, NodeSettings};
@@ -44,9 +44,12 @@ pub fn run(root: &NodeRoot, args: &KubeadmArgs) -> Result<()> {
     }
     let cluster = settings::load_cluster(&root.path(paths::CLUSTER_TOML))?;
     let mut node = settings::load_node(&root.path(paths::NODE_TOML))?;
+    // Normally done by airlock-hostname.service already; kubeadm must see
+    // the same name the configuration registers.
+    hostname::apply(root, &node.node.hostname)?;
     say(format!(
-        "node {} ({}), role {}, Kubernetes {}, cluster {}",
-        node.node.name,
+        "node {} (host name {}), role {}, Kubernetes {}, cluster {}",
+        node.node.node_name(),
         node.node.hostname,
         node.node.role.as_str(),
         cluster.kubernetes_version,
@@ -81,7 +84,7 @@ pub fn run(root: &NodeRoot, args: &KubeadmArgs) -> Result<()> {
     say(format!(
         "kubeadm {} done: {} is part of cluster {} ({} written)",
         plan.node.node.role.as_str(),
-        plan.node.node.name,
+        plan.node.node.node_name(),
         plan.cluster.cluster_name,
         paths::KUBEADM_DONE
     ));
@@ -110,6 +113,91 @@ fn path_str(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
 }
 
+/// What a `kubeadm init` that stopped half-way leaves; its preflight
+/// refuses to run again while any of it is there.
+const INIT_LEFTOVERS: &[&str] = &[
+    "/etc/kubernetes/manifests/kube-apiserver.yaml",
+    "/etc/kubernetes/manifests/kube-controller-manager.yaml",
+    "/etc/kubernetes/manifests/kube-scheduler.yaml",
+    "/etc/kubernetes/manifests/etcd.yaml",
+    "/etc/kubernetes/admin.conf",
+    "/etc/kubernetes/super-admin.conf",
+    "/etc/kubernetes/kubelet.conf",
+    "/var/lib/etcd/member",
+];
+
+/// What a `kubeadm join` that stopped half-way leaves.
+const JOIN_LEFTOVERS: &[&str] = &[
+    "/etc/kubernetes/kubelet.conf",
+    "/etc/kubernetes/bootstrap-kubelet.conf",
+    "/etc/kubernetes/pki/ca.crt",
+];
+
+fn leftovers(root: &NodeRoot, paths: &[&str]) -> Vec<String> {
+    paths
+        .iter()
+        .filter(|p| root.path(p).symlink_metadata().is_ok())
+        .map(|p| p.to_string())
+        .collect()
+}
+
+/// The cluster CA baked into an init image; `kubeadm init` uses it when it
+/// is there, and worker images carry its hash.
+const CA_FILES: [(&str, u32); 2] = [("ca.crt", 0o644), ("ca.key", 0o600)];
+const PKI: &str = "/etc/kubernetes/pki";
+
+/// Keeps a copy of the baked CA in a root-only folder before anything can
+/// delete it (`kubeadm reset` empties /etc/kubernetes/pki), and puts it
+/// back in /etc/kubernetes/pki when it is missing or differs. The copy is
+/// made once, from the image as built, and is the reference afterwards.
+fn keep_ca(root: &NodeRoot) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let backup = root.path(paths::PKI_BACKUP);
+    let have_backup = CA_FILES.iter().all(|(f, _)| backup.join(f).is_file());
+    if !have_backup {
+        let missing: Vec<String> = CA_FILES
+            .iter()
+            .map(|(f, _)| format!("{PKI}/{f}"))
+            .filter(|p| !root.path(p).is_file())
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "the cluster CA this image was built with is missing ({}): kubeadm init would make a new \
+                 one that worker images do not trust; write the image again (or restore ca.crt and ca.key \
+                 from out/<cluster>/secrets on the build machine)",
+                missing.join(", ")
+            );
+        }
+        std::fs::create_dir_all(&backup)
+            .with_context(|| format!("creating {}", backup.display()))?;
+        std::fs::set_permissions(&backup, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} root-only", backup.display()))?;
+        for (f, _) in CA_FILES {
+            let data = std::fs::read(root.path(&format!("{PKI}/{f}")))
+                .with_context(|| format!("reading {PKI}/{f}"))?;
+            write_with_mode(&backup.join(f), &data, 0o600)?;
+        }
+        say(format!(
+            "kept a copy of the cluster CA in {} (kubeadm reset deletes {PKI})",
+            paths::PKI_BACKUP
+        ));
+    }
+    let pki = root.path(PKI);
+    for (f, mode) in CA_FILES {
+        let want = std::fs::read(backup.join(f))
+            .with_context(|| format!("reading {}/{f}", paths::PKI_BACKUP))?;
+        let at = pki.join(f);
+        if std::fs::read(&at).ok().as_deref() != Some(&want[..]) {
+            std::fs::create_dir_all(&pki).with_context(|| format!("creating {PKI}"))?;
+            std::fs::set_permissions(&pki, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making {PKI} root-only"))?;
+            write_with_mode(&at, &want, mode)?;
+            say(format!("restored {PKI}/{f} from {}", paths::PKI_BACKUP));
+        }
+    }
+    Ok(())
+}
+
 fn init(root: &NodeRoot, plan: &Plan, args: &KubeadmArgs) -> Result<()> {
     let initialized = root.path(paths::KUBEADM_INITIALIZED);
     if initialized.exists() {
@@ -118,14 +206,26 @@ fn init(root: &NodeRoot, plan: &Plan, args: &KubeadmArgs) -> Result<()> {
             paths::KUBEADM_INITIALIZED
         ));
     } else {
+        keep_ca(root)?;
+        let left = leftovers(root, INIT_LEFTOVERS);
+        if !left.is_empty() {
+            say(format!(
+                "an earlier kubeadm init stopped half-way (left {}): resetting before trying again, \
+                 keeping the cluster CA",
+                left.join(", ")
+            ));
+            tool(plan, "kubeadm", &["reset", "--force"])
+                .context("cleaning up after a failed kubeadm init")?;
+            keep_ca(root)?;
+        }
         tool(
             plan,
             "kubeadm",
             &["init", "--config", path_str(&plan.config)],
         )
         .context(
-            "running kubeadm init (its own messages are above; a half-done init must be \
-             cleaned up by hand: keep /etc/kubernetes/pki/ca.*, `kubeadm reset`, then reboot)",
+            "running kubeadm init (its own messages are above; the next boot resets what it left \
+             and tries again, keeping the cluster CA)",
         )?;
         write_atomic(&initialized, b"").context("writing the init marker")?;
     }
@@ -168,15 +268,15 @@ fn join(root: &NodeRoot, plan: &Plan, args: &KubeadmArgs) -> Result<()> {
         b.total_wait().as_secs().div_ceil(60)
     ));
     let attempt = |_| -> Result<()> {
-        // A failed join can leave kubelet's files behind (this boot or an
-        // earlier one), and kubeadm's preflight then refuses to run again.
-        let leftovers = [
-            "/etc/kubernetes/kubelet.conf",
-            "/etc/kubernetes/bootstrap-kubelet.conf",
-        ]
-        .iter()
-        .any(|p| root.path(p).exists());
-        if leftovers {
+        // A failed join can leave kubelet's files and the CA behind (this
+        // boot or an earlier one), and kubeadm's preflight then refuses to
+        // run again.
+        let left = leftovers(root, JOIN_LEFTOVERS);
+        if !left.is_empty() {
+            say(format!(
+                "an earlier kubeadm join stopped half-way (left {}): resetting first",
+                left.join(", ")
+            ));
             tool(plan, "kubeadm", &["reset", "--force"])
                 .context("cleaning up after a failed join")?;
         }

@@ -2,6 +2,8 @@
 //! `airlock node …`: what a node image does at boot, run by the units the
 //! build puts in the image (docs/first-boot.md is the contract).
 //!
+//! - `hostname`: apply the host name from node.toml (the operator may
+//!   have edited it on the ESP) before kubelet and kubeadm.
 //! - `images`: import the preload archives into containerd's `k8s.io`
 //!   namespace, check every reference, pin them, and record what was done.
 //! - `route`: give the node a default route through a dummy interface when
@@ -13,6 +15,7 @@
 //! Everything is printed on stdout with an `airlock:` prefix, which the
 //! units send to the journal and the console.
 
+pub mod hostname;
 pub mod images;
 pub mod kubeadm;
 pub mod record;
@@ -36,6 +39,9 @@ pub mod paths {
     pub const KUBEADM_INITIALIZED: &str = "/var/lib/airlock/kubeadm.initialized";
     pub const KUBEADM_DONE: &str = "/var/lib/airlock/kubeadm.done";
     pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
+    /// A root-only copy of an init image's cluster CA, made before the
+    /// first `kubeadm init` (a reset after a failed one deletes the pki).
+    pub const PKI_BACKUP: &str = "/var/lib/airlock/pki-backup";
     /// A recipe's template overrides, if the build copied them.
     pub const TEMPLATES: &str = "/usr/lib/airlock/templates";
 }
@@ -85,11 +91,34 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Like [`write_atomic`], with `mode` from the first byte (a key is never
+/// readable by others, not even for a moment; /etc/hostname is by all).
+pub(crate) fn write_with_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().context("a file path has a parent folder")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    // The umask may have narrowed the mode at creation.
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    tmp.write_all(data)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("renaming the temporary file to {}", path.display()))?;
+    Ok(())
+}
+
 /// Runs one `airlock node` subcommand. Failures are printed with the
 /// `airlock:` prefix, so the console shows them, and exit with status 1.
 pub fn run(args: NodeArgs) -> Result<()> {
     let root = NodeRoot::new(args.root);
     let (what, result) = match args.cmd {
+        NodeCmd::Hostname(_) => ("setting the host name", hostname::run(&root)),
         NodeCmd::Images(a) => ("importing images", images::run(&root, &a)),
         NodeCmd::Route(_) => ("adding a default route", route::run(&root).map(|_| ())),
         NodeCmd::Kubeadm(a) => ("bootstrapping Kubernetes", kubeadm::run(&root, &a)),

@@ -276,7 +276,7 @@ mod tests {
 
     fn node(address: Option<&str>, interface: Option<&str>) -> NodeSection {
         NodeSection {
-            name: "cp-1".into(),
+            name: None,
             hostname: "cp-1".into(),
             role: Role::Init,
             advertise_address: address.map(|a| a.parse().unwrap()),

@@ -25,6 +25,7 @@ pub(crate) fn cluster(version: &str) -> ClusterSettings {
         cni_manifest: "/usr/lib/airlock/cni/kube-flannel.yml".into(),
         pause_image: "registry.k8s.io/pause:3.10.1".into(),
         platform: "linux/amd64".into(),
+        keep_swap: false,
         bootstrap_token: Some(TOKEN.into()),
     }
 }
@@ -32,11 +33,7 @@ pub(crate) fn cluster(version: &str) -> ClusterSettings {
 pub(crate) fn node(role: Role) -> NodeSettings {
     NodeSettings {
         node: NodeSection {
-            name: if role == Role::Init {
-                "cp-1".into()
-            } else {
-                "worker-1".into()
-            },
+            name: (role == Role::Join).then(|| "worker-1".into()),
             hostname: "cp-1".into(),
             role,
             advertise_address: Some("10.0.0.10".parse().unwrap()),
@@ -148,7 +145,7 @@ fn values_are_quoted_and_edited_node_files_are_checked() {
         "api.prod.internal:6443"
     );
 
-    n.node.name = "Bad Name".into();
+    n.node.name = Some("Bad Name".into());
     assert!(
         format!("{:#}", render(&r, &cluster("1.34.11"), &n).unwrap_err()).contains("node.name")
     );
@@ -238,6 +235,35 @@ fn coverage_names_each_missing_image() {
     assert!(e.starts_with("2 image(s)"), "{e}");
     assert!(!e.contains("pause:3.10.1 (sandbox)"), "{e}");
     check_coverage(&needed[..1], &present).unwrap();
+
+    // References are compared whole: a tag that only starts like another
+    // neither provides it nor hides it in the list of missing ones.
+    let need = |r: &str, why: &str| Needed {
+        reference: r.into(),
+        why: why.into(),
+    };
+    let e = format!(
+        "{:#}",
+        check_coverage(&[need("registry.k8s.io/pause:3.10", "sandbox")], &present).unwrap_err()
+    );
+    assert!(e.contains("registry.k8s.io/pause:3.10 (sandbox)"), "{e}");
+    let e = format!(
+        "{:#}",
+        check_coverage(
+            &[
+                need("registry.k8s.io/etcd:3.6.5-0", "kubeadm"),
+                need("registry.k8s.io/etcd:3.6.5", "the CNI manifest"),
+                need("registry.k8s.io/etcd:3.6.5-0", "again"),
+            ],
+            &present
+        )
+        .unwrap_err()
+    );
+    assert!(e.starts_with("2 image(s)"), "{e}");
+    assert!(
+        e.contains("registry.k8s.io/etcd:3.6.5 (the CNI manifest)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -274,7 +300,7 @@ fn runs_a_host_kubeadm_when_it_can() {
         r#"#include <stdio.h>
 #include <string.h>
 int main(int argc, char **argv) {
-  if (argc > 1 && strcmp(argv[1], "version") == 0) { puts("v1.34.11"); return 0; }
+  if (argc > 1 && strcmp(argv[1], "version") == 0) { puts(VERSION); return 0; }
   if (argc > 7 && strcmp(argv[1], "config") == 0) {
     FILE *f = fopen(argv[7], "r"); if (!f) return 3;
     char buf[4096]; size_t n = fread(buf, 1, sizeof buf - 1, f); buf[n] = 0;
@@ -287,14 +313,18 @@ int main(int argc, char **argv) {
 "#,
     )
     .unwrap();
+    let compile = |version: &str, exe: &std::path::Path| {
+        let st = std::process::Command::new("cc")
+            .arg(format!("-DVERSION=\"{version}\""))
+            .arg("-o")
+            .arg(exe)
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
     let exe = d.path().join("kubeadm");
-    let st = std::process::Command::new("cc")
-        .arg("-o")
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    compile("v1.34.11", &exe);
     let r = Renderer::new(None);
     let config = render(&r, &cluster("1.34.11"), &node(Role::Init)).unwrap();
     let mut notes = Vec::new();
@@ -302,10 +332,74 @@ int main(int argc, char **argv) {
     assert_eq!(l.pause, "registry.k8s.io/pause:3.10.9");
     assert!(l.source.contains("kubeadm v1.34.11"), "{}", l.source);
     assert!(notes.is_empty(), "{notes:?}");
+    // A kubeadm of another release than the recipe's is refused.
+    let other = d.path().join("kubeadm-other");
+    compile("v1.34.12", &other);
+    let e = format!(
+        "{:#}",
+        images(&other, &config, &cluster("1.34.11"), &mut notes).unwrap_err()
+    );
+    assert!(
+        e.contains("kubeadm \"v1.34.12\"") && e.contains("kubernetes.version is 1.34.11"),
+        "{e}"
+    );
     // A script is never run on the build host: the table answers.
     let script = d.path().join("script");
     std::fs::write(&script, "#!/bin/sh\nexit 1\n").unwrap();
     let l = images(&script, &config, &cluster("1.34.11"), &mut notes).unwrap();
     assert_eq!(l.pause, "registry.k8s.io/pause:3.10.1");
     assert!(notes[0].contains("image table"), "{notes:?}");
+}
+
+/// `[host] swap = "keep"`: the init node's KubeletConfiguration (which
+/// becomes the cluster's) lets kubelet start with swap and keeps pods out
+/// of it; a worker, whose configuration comes from the cluster, gets the
+/// flag; swap off (the default) leaves kubelet's refusal in place.
+#[test]
+fn kept_swap_is_told_to_kubelet() {
+    let r = Renderer::new(None);
+    let mut c = cluster("1.34.11");
+    let d = docs(&render(&r, &c, &node(Role::Init)).unwrap());
+    let kc = kind(&d, "KubeletConfiguration");
+    assert!(kc.get("failSwapOn").is_none() && kc.get("memorySwap").is_none());
+
+    c.keep_swap = true;
+    for (version, api) in [("1.34.11", "v1beta4"), ("1.30.14", "v1beta3")] {
+        let mut c = c.clone();
+        c.kubernetes_version = version.into();
+        c.kubeadm_api = format!("kubeadm.k8s.io/{api}");
+        let d = docs(&render(&r, &c, &node(Role::Init)).unwrap());
+        let kc = kind(&d, "KubeletConfiguration");
+        assert_eq!(kc["failSwapOn"], false, "{version}");
+        assert_eq!(kc["memorySwap"]["swapBehavior"], "NoSwap", "{version}");
+        let reg = &kind(&d, "InitConfiguration")["nodeRegistration"];
+        let args = &reg["kubeletExtraArgs"];
+        assert!(
+            !args.to_string().contains("fail-swap-on"),
+            "the init node's configuration says it: {args}"
+        );
+
+        c.bootstrap_token = None;
+        let d = docs(&render(&r, &c, &node(Role::Join)).unwrap());
+        let args = &kind(&d, "JoinConfiguration")["nodeRegistration"]["kubeletExtraArgs"];
+        if api == "v1beta4" {
+            assert_eq!(
+                args,
+                &serde_json::json!([
+                    { "name": "node-ip", "value": "10.0.0.10" },
+                    { "name": "fail-swap-on", "value": "false" }
+                ])
+            );
+        } else {
+            assert_eq!(
+                args,
+                &serde_json::json!({ "node-ip": "10.0.0.10", "fail-swap-on": "false" })
+            );
+        }
+    }
+    // Before 1.30 there is no NoSwap: refused.
+    let mut old = cluster("1.29.15");
+    old.keep_swap = true;
+    let e = format!("{:#}", render(&r, &old, &node(Role::Init)).unwrap_err());
+    assert!(e.contains("1.30"), "{e}");
 }
