@@ -378,10 +378,16 @@ fn entry_attrs<R: Read>(entry: &mut tar::Entry<'_, R>, opts: &ExtractOpts) -> Re
         // The tar crate has already applied PAX uid/gid records here.
         let uid = header.uid().context("reading uid")?;
         let gid = header.gid().context("reading gid")?;
-        (
-            u32::try_from(uid).with_context(|| format!("uid {uid} is out of range"))?,
-            u32::try_from(gid).with_context(|| format!("gid {gid} is out of range"))?,
-        )
+        let id = |v: u64, what: &str| -> Result<u32> {
+            match u32::try_from(v) {
+                // chown(2) reads -1 as "leave unchanged": the file would stay
+                // root's, a setuid one becoming setuid root.
+                Ok(u32::MAX) => bail!("{what} {v} (-1) is not an owner: chown would keep root"),
+                Ok(id) => Ok(id),
+                Err(_) => bail!("{what} {v} is out of range"),
+            }
+        };
+        (id(uid, "uid")?, id(gid, "gid")?)
     } else {
         (0, 0)
     };
@@ -661,6 +667,23 @@ mod tests {
             );
             assert_eq!(root.read("ok").unwrap().unwrap(), b"fine", "{case}");
             assert_canary_untouched(&t);
+        }
+    }
+
+    #[test]
+    fn owner_minus_one_is_refused_not_left_root() {
+        for (key, value) in [("uid", "4294967295"), ("gid", "4294967295")] {
+            let tar = archive(|b| {
+                b.append_pax_extensions([(key, value.as_bytes())]).unwrap();
+                file(b, "usr/bin/su", b"elf", 0o4755, 1000);
+            });
+            let (_t, root) = setup();
+            let err = format!("{:#}", extract(&root, &tar[..], &opts(), WHAT).unwrap_err());
+            assert!(
+                err.contains("usr/bin/su") && err.contains(&format!("{key} 4294967295")),
+                "{err}"
+            );
+            assert!(!root.exists("usr/bin/su"), "{key}: the file was kept");
         }
     }
 
