@@ -120,6 +120,14 @@ impl Drop for Tracked {
     }
 }
 
+/// What the command wants said if it is interrupted (e.g. where a build
+/// left its temporary files).
+static ON_INTERRUPT: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+pub(crate) fn on_interrupt_say(what: String) {
+    *ON_INTERRUPT.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
+}
+
 /// On Ctrl-C or SIGTERM: kill the programs airlock started, then exit 130.
 /// Temporary build folders left behind are removed by the next build.
 pub fn install_interrupt_handler() {
@@ -130,7 +138,11 @@ pub fn install_interrupt_handler() {
                 let _ = rustix::process::kill_process(p, rustix::process::Signal::Kill);
             }
         }
-        eprintln!("\nairlock: interrupted; nothing was written under a final name");
+        let note = ON_INTERRUPT.lock().ok().and_then(|n| n.clone());
+        match note {
+            Some(n) => eprintln!("\nairlock: interrupted; {n}"),
+            None => eprintln!("\nairlock: interrupted"),
+        }
         std::process::exit(130);
     });
 }

@@ -138,6 +138,38 @@ pub struct Staging {
 const LOCK_NAME: &str = ".airlock.lock";
 const TMP_PREFIX: &str = ".airlock-tmp-";
 
+/// An existing output folder must be one airlock made (it holds the build
+/// lock), or hold nothing but cluster secrets: a build replaces files by
+/// name, and must not do that in a folder of someone else's (or in `/`).
+fn refuse_foreign_folder(out: &Path) -> Result<()> {
+    if out.join(LOCK_NAME).is_file() {
+        return Ok(());
+    }
+    let rd =
+        fs::read_dir(out).with_context(|| format!("reading output folder {}", out.display()))?;
+    let mut foreign: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "secrets")
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    let shown = foreign
+        .iter()
+        .take(3)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    bail!(
+        "output folder {} already holds files airlock did not write ({shown}{}): \
+         pass a new or empty folder with --out",
+        out.display(),
+        if foreign.len() > 3 { ", ..." } else { "" }
+    )
+}
+
 impl Staging {
     pub fn new(out: &Path) -> Result<Staging> {
         let created_out = !out.exists();
@@ -146,6 +178,9 @@ impl Staging {
                 "output folder {} exists and is not a folder: pass another --out",
                 out.display()
             );
+        }
+        if !created_out {
+            refuse_foreign_folder(out)?;
         }
         fs::create_dir_all(out)
             .with_context(|| format!("creating output folder {}", out.display()))?;
@@ -175,6 +210,11 @@ impl Staging {
             .prefix(TMP_PREFIX)
             .tempdir_in(out)
             .with_context(|| format!("creating a temporary folder in {}", out.display()))?;
+        crate::cmd::on_interrupt_say(format!(
+            "nothing was written under a final name; the temporary {} is removed by the next build into {}",
+            dir.path().display(),
+            out.display()
+        ));
         Ok(Staging {
             dir,
             out: out.to_path_buf(),
@@ -335,5 +375,26 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [".airlock.lock", "x.raw"], "temp folder left behind");
+    }
+
+    #[test]
+    fn a_folder_airlock_did_not_make_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("proj");
+        fs::create_dir(&out).unwrap();
+        for n in ["manifest.json", "SHA256SUMS", "tiny.raw"] {
+            fs::write(out.join(n), "mine").unwrap();
+        }
+        let err = Staging::new(&out).err().unwrap().to_string();
+        assert!(
+            err.contains("did not write") && err.contains("SHA256SUMS") && err.contains("--out"),
+            "{err}"
+        );
+        assert_eq!(fs::read(out.join("tiny.raw")).unwrap(), b"mine");
+        assert!(!out.join(".airlock.lock").exists());
+        // Empty, or holding only cluster secrets: fine.
+        let empty = d.path().join("empty");
+        fs::create_dir_all(empty.join("secrets")).unwrap();
+        Staging::new(&empty).unwrap().commit(&[]).unwrap();
     }
 }
