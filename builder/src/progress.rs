@@ -40,8 +40,9 @@ impl Progress {
         self.n.set(self.n.get() + 1);
         if !self.quiet {
             // No "of N": how many steps a build has depends on the recipe.
+            // The time is since the start (when the step began), not its length.
             eprintln!(
-                "airlock: [{}] {what} ({:.1}s)",
+                "airlock: [{}] {what} (at {:.1}s)",
                 self.n.get(),
                 self.start.elapsed().as_secs_f64()
             );

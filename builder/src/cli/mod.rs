@@ -33,6 +33,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
+    #[command(
+        override_usage = "airlock build [OPTIONS] <RECIPE>\n       airlock build [OPTIONS] --from-bundle <FILE>"
+    )]
     Build(BuildArgs),
     Lock(LockArgs),
     Fetch(fetch::FetchArgs),
@@ -125,7 +128,9 @@ pub struct LockArgs {
 /// Verifies every input against its sha256 (nothing is downloaded: url
 /// inputs must already be in the cache), unpacks the base, adds files,
 /// archives, templates and overlays, and writes `<name>.raw`,
-/// `<name>.raw.zst`, `manifest.json` and `SHA256SUMS` into the output folder.
+/// `<name>.raw.zst` (and the recipe's other formats), `<name>.bmap`,
+/// `manifest.json` and `SHA256SUMS` into the output folder, which must be
+/// new, empty, or one airlock made (it holds `.airlock.lock`).
 /// Output appears under its final names only when the build succeeded.
 /// Needs root (file owners, device nodes and capabilities) and mke2fs.
 /// Timestamps are clamped to SOURCE_DATE_EPOCH (or the recipe's epoch), so
