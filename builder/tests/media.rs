@@ -509,3 +509,73 @@ fn missing_qemu_img_names_the_package_before_building() {
     let err = run_err(fx.build(&bad, "out"));
     assert!(err.contains("recipe.toml:") && err.contains("vdi"), "{err}");
 }
+
+#[test]
+fn verify_checks_the_block_map_beside_the_image() {
+    if !tools() {
+        return;
+    }
+    let fx = Fixture::new();
+    let out = build(&fx, |t| t, "out", &[]);
+    let map = airlock::bmap::Bmap::load(&out.join("tiny.bmap")).unwrap();
+    for image in ["tiny.raw", "tiny.raw.zst"] {
+        let o = airlock()
+            .args(["verify", "--json"])
+            .arg(out.join(image))
+            .output()
+            .unwrap();
+        let j: serde_json::Value = serde_json::from_str(&run_ok_stdout(o)).unwrap();
+        assert_eq!(
+            j["bmap"].as_str().unwrap(),
+            out.join("tiny.bmap").to_str().unwrap(),
+            "{image}: {j}"
+        );
+        assert!(
+            j["passed"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["check"] == "block map"),
+            "{image}: {j}"
+        );
+    }
+
+    // A copy with its map, one byte changed inside a mapped range that no
+    // file covers (the zeros after the partition table).
+    let copy = fx.path("copy");
+    fs::create_dir(&copy).unwrap();
+    fs::copy(out.join("tiny.raw"), copy.join("tiny.raw")).unwrap();
+    fs::copy(out.join("tiny.bmap"), copy.join("tiny.bmap")).unwrap();
+    let at = 600 * 1024 + 5;
+    let bad = map
+        .ranges
+        .iter()
+        .find(|r| {
+            let (s, l) = map.bytes(r);
+            s <= at && at < s + l
+        })
+        .expect("a mapped byte");
+    flip(&copy.join("tiny.raw"), at);
+    let o = verify(&copy.join("tiny.raw"), Some(&out.join("manifest.json")));
+    let text = stdout(&o);
+    run_err(o);
+    let (s, l) = map.bytes(bad);
+    assert!(
+        text.contains(&format!(
+            "FAILED   block map {}: blocks {}-{} (bytes {s} to {}) have sha256 ",
+            copy.join("tiny.bmap").display(),
+            bad.first,
+            bad.last,
+            s + l
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("the map says {}", bad.sha256)),
+        "{text}"
+    );
+    // Files are still checked, and pass: only the map saw this byte (and
+    // the image's digest).
+    assert!(text.contains("ok       root files"), "{text}");
+    assert!(text.contains("\n2 differences\n"), "{text}");
+}
