@@ -877,3 +877,99 @@ fn inspect_and_verify_a_node_image_as_an_ordinary_user() {
         assert_eq!(hostname.trim(), "cp-1");
     }
 }
+
+/// A `qemu-img` first on PATH that logs its arguments to `log` and hands
+/// them to the real one, except that `check` fails when `fail_check`.
+fn qemu_img_wrapper(fx: &Fixture, fail_check: bool) -> (PathBuf, PathBuf) {
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v qemu-img"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let dir = fx.path(if fail_check { "bin-fail" } else { "bin" });
+    fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("qemu-img.log");
+    let fail = if fail_check {
+        "if [ \"$1\" = check ]; then echo 'Leaked cluster 9 refcount=1 reference=0' >&2; exit 3; fi\n"
+    } else {
+        ""
+    };
+    let script = dir.join("qemu-img");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\n{fail}exec '{real}' \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap());
+    (PathBuf::from(path), log)
+}
+
+#[test]
+fn every_converted_disk_is_checked_by_qemu_img() {
+    if !(tools() && have("qemu-img")) {
+        return;
+    }
+    let fx = Fixture::new();
+    let recipe = fx.write_recipe(&fx.recipe_text());
+    let build = |path: &Path, out: &str| {
+        airlock()
+            .env("PATH", path)
+            .arg("build")
+            .arg(&recipe)
+            .args(["--format", "qcow2", "--format", "vmdk", "--format", "vhdx"])
+            .arg("--out")
+            .arg(fx.path(out))
+            .arg("--cache")
+            .arg(fx.path("cache"))
+            .output()
+            .unwrap()
+    };
+    let (path, log) = qemu_img_wrapper(&fx, false);
+    run_ok(build(&path, "out"));
+    let calls = fs::read_to_string(&log).unwrap();
+    for (format, file) in [
+        ("qcow2", "tiny.qcow2"),
+        ("vmdk", "tiny.vmdk"),
+        ("vhdx", "tiny.vhdx"),
+    ] {
+        let checked: Vec<&str> = calls
+            .lines()
+            .filter(|l| l.starts_with(&format!("check -q -f {format} ")))
+            .collect();
+        assert_eq!(checked.len(), 1, "{format}: {calls}");
+        // The file checked is the one that was converted (and then renamed
+        // to its final name).
+        let converted = calls
+            .lines()
+            .find(|l| l.starts_with("convert ") && l.contains(&format!("-O {format} ")))
+            .unwrap_or_else(|| panic!("{format} not converted: {calls}"));
+        let target = converted.rsplit(' ').next().unwrap();
+        assert!(checked[0].ends_with(&format!(" {target}")), "{calls}");
+        assert!(fx.path("out").join(file).is_file());
+    }
+
+    // A check that fails stops the build, says which file and why, and
+    // leaves no output folder behind.
+    let (path, _) = qemu_img_wrapper(&fx, true);
+    let err = run_err(build(&path, "bad"));
+    assert!(
+        err.contains("with qemu-img check") && err.contains("tiny.qcow2"),
+        "{err}"
+    );
+    assert!(err.contains("Leaked cluster 9"), "{err}");
+    assert!(
+        !fx.path("bad").exists(),
+        "a failed build left {:?}",
+        fs::read_dir(fx.path("bad")).map(|d| d.count())
+    );
+}
