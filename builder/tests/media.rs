@@ -973,3 +973,131 @@ fn every_converted_disk_is_checked_by_qemu_img() {
         fs::read_dir(fx.path("bad")).map(|d| d.count())
     );
 }
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The cached Debian bookworm base (tests/fixtures/debian-base.sh), or
+/// None (skip, noted; a failure in CI).
+fn debian_base() -> Option<PathBuf> {
+    let out = Command::new(repo().join("tests/fixtures/debian-base.sh"))
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the Debian base is required in CI: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("skipping: no Debian base");
+        return None;
+    }
+    let path = String::from_utf8_lossy(&out.stdout);
+    Some(PathBuf::from(path.lines().next().unwrap().trim()))
+}
+
+/// The demo recipe with absolute paths and its base pinned by digest.
+fn demo_recipe(dir: &Path, base: &Path) -> PathBuf {
+    let r = repo();
+    let text = fs::read_to_string(r.join("recipes/demo.toml"))
+        .unwrap()
+        .replace(
+            "template_dir = \"templates\"",
+            &format!("template_dir = \"{}/recipes/templates\"", r.display()),
+        )
+        .replace(
+            "\"../overlays/demo\"",
+            &format!("\"{}/overlays/demo\"", r.display()),
+        )
+        .replace(
+            "path = \"../out/fixtures/debian-bookworm.tar.zst\"",
+            &format!(
+                "path = \"{}\"\nsha256 = \"{}\"",
+                base.display(),
+                sha256_file(base)
+            ),
+        );
+    let p = dir.join("demo.toml");
+    fs::write(&p, text).unwrap();
+    p
+}
+
+/// The demo image written by `airlock write` to a stick twice its size
+/// that held another disk's partition table: the stick's GPT is whole and
+/// the stick boots to the demo's first-boot report.
+#[test]
+fn a_written_demo_image_boots_from_a_stick_twice_its_size() {
+    if !(tools() && have("qemu-system-x86_64") && have("sgdisk")) {
+        return;
+    }
+    let Some(base) = debian_base() else { return };
+    let dir = tempfile::tempdir_in(repo().join("out")).unwrap();
+    let d = dir.path();
+    let out = d.join("demo");
+    run_ok(
+        airlock()
+            .arg("build")
+            .arg(demo_recipe(d, &base))
+            .args(["--format", "raw", "--out"])
+            .arg(&out)
+            .arg("--cache")
+            .arg(repo().join("out/cache"))
+            .output()
+            .unwrap(),
+    );
+    let raw = out.join("demo.raw");
+    let size = fs::metadata(&raw).unwrap().len();
+    let stick = d.join("stick.img");
+    fs::File::create(&stick).unwrap().set_len(2 * size).unwrap();
+    run_ok(
+        Command::new("sgdisk")
+            .args(["-o", "-n", "1:2048:+64M"])
+            .arg(&stick)
+            .output()
+            .unwrap(),
+    );
+    let o = airlock()
+        .args(["write", "--yes", "--json"])
+        .arg(&raw)
+        .arg(&stick)
+        .output()
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_str(&run_ok_stdout(o)).unwrap();
+    assert_eq!(s["verified"], true, "{s}");
+    assert_eq!(s["backup_gpt_moved"], true, "{s}");
+    assert_eq!(s["device_size"], 2 * size, "{s}");
+    let v = run_ok(
+        Command::new("sgdisk")
+            .arg("-v")
+            .arg(&stick)
+            .output()
+            .unwrap(),
+    );
+    assert!(v.contains("No problems found"), "{v}");
+
+    let log = d.join("stick.log");
+    let o = airlock()
+        .arg("boot")
+        .arg(&stick)
+        .args([
+            "--timeout",
+            "900",
+            "--until",
+            "AIRLOCK-DEMO-FIRSTBOOT-OK",
+            "--log",
+        ])
+        .arg(&log)
+        .output()
+        .unwrap();
+    let console = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        o.status.success(),
+        "boot failed: {}\n--- console ---\n{console}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(console.contains("AIRLOCK-DEMO-FIRSTBOOT-OK"), "{console}");
+}
