@@ -2,9 +2,9 @@
 //! The copy and the read-back.
 //!
 //! A reader thread reads (or decompresses) the mapped ranges of the image in
-//! chunks, checks each range against the block map's sha256, lays the GPT
-//! patches over it and hands the chunks to the writer, which writes them in
-//! order. The chunk holding the partition table is kept back and written
+//! chunks; the next thread checks each range against the block map's
+//! sha256, lays the GPT patches over it and hands the chunks to a writer
+//! thread, which writes them in order while the next chunk is hashed. The chunk holding the partition table is kept back and written
 //! last, after everything else has been flushed, so an interrupted write
 //! leaves a disk with no partition table rather than a half-written one that
 //! looks bootable. The read-back reads every written range from the target
@@ -317,12 +317,11 @@ pub(crate) fn copy(
         })?;
     }
     let mut held: Option<(AlignedBuf, usize)> = None;
-    let mut synced_to = 0u64;
-    let mut last_end = 0u64;
+    let mut w = Written::default();
     std::thread::scope(|s| -> Result<()> {
         let (tx, rx) = sync_channel::<Result<Msg>>(DEPTH);
         let (ret, pool): (Sender<AlignedBuf>, Receiver<AlignedBuf>) = channel();
-        for _ in 0..DEPTH + 2 {
+        for _ in 0..2 * DEPTH + 2 {
             ret.send(AlignedBuf::new(CHUNK)).expect("the pool is open");
         }
         let src = &mut source;
@@ -332,6 +331,14 @@ pub(crate) fn copy(
                 let _ = tx.send(Err(e));
             }
         });
+        // The writes run in a thread of their own, so that hashing the next
+        // chunk overlaps writing this one (with O_DIRECT a write waits for
+        // the device).
+        let (wtx, wrx) = sync_channel::<(u64, usize, AlignedBuf)>(DEPTH);
+        let writer = target.as_deref_mut().map(|t| {
+            let ret = ret.clone();
+            s.spawn(move || write_chunks(t, &wrx, &ret, names))
+        });
         let mut hash = RangeHash {
             bmap,
             runs: &runs,
@@ -340,47 +347,39 @@ pub(crate) fn copy(
             src: Sha256::new(),
             patched: None,
         };
-        for msg in rx {
-            let Msg::Chunk {
-                range,
-                last,
-                off,
-                n,
-                mut buf,
-            } = msg?;
-            if let Some(c) = hash.chunk(range, last, off, buf.get_mut(n))? {
-                out.checks.push(c);
+        let hashed = (|| -> Result<()> {
+            for msg in rx {
+                let Msg::Chunk {
+                    range,
+                    last,
+                    off,
+                    n,
+                    mut buf,
+                } = msg?;
+                if let Some(c) = hash.chunk(range, last, off, buf.get_mut(n))? {
+                    out.checks.push(c);
+                }
+                bar.inc(n as u64);
+                if writer.is_none() {
+                    let _ = ret.send(buf);
+                } else if off == 0 {
+                    held = Some((buf, n));
+                    let _ = ret.send(AlignedBuf::new(CHUNK));
+                } else if wtx.send((off, n, buf)).is_err() {
+                    break; // The writer failed; its error is returned below.
+                }
             }
-            bar.inc(n as u64);
-            let Some(t) = target.as_deref_mut() else {
-                let _ = ret.send(buf);
-                continue;
-            };
-            if off == 0 {
-                held = Some((buf, n));
-                let _ = ret.send(AlignedBuf::new(CHUNK));
-                continue;
-            }
-            let data = buf.get(n);
-            let zeroed = is_zero(data)
-                && t.zero(off, n as u64)
-                    .map_err(|e| write_err(names, off, n, e))?;
-            if zeroed {
-                out.zeroed += n as u64;
-            } else {
-                t.write_at(data, off)
-                    .map_err(|(o, e)| write_err(names, o, n, e))?;
-                out.written += n as u64;
-            }
-            last_end = off + n as u64;
-            if t.writes_through() && last_end - synced_to >= SYNC_EVERY {
-                flush(t, names, synced_to, last_end)?;
-                synced_to = last_end;
-            }
-            let _ = ret.send(buf);
+            Ok(())
+        })();
+        drop(wtx);
+        if let Some(h) = writer {
+            w = h.join().expect("the writer thread panicked")?;
         }
-        Ok(())
+        hashed
     })?;
+    out.written = w.written;
+    out.zeroed = w.zeroed;
+    let (synced_to, mut last_end) = (w.synced_to, w.last_end);
     let Some(t) = target else { return Ok(out) };
     if let Some((at, tail)) = reloc.and_then(|r| r.tail.as_ref()) {
         t.write_at(tail, *at)
@@ -402,6 +401,46 @@ pub(crate) fn copy(
         flush(t, names, 0, n as u64)?;
     }
     Ok(out)
+}
+
+/// What the writer thread did.
+#[derive(Debug, Default)]
+struct Written {
+    written: u64,
+    zeroed: u64,
+    synced_to: u64,
+    last_end: u64,
+}
+
+/// Writes (or zeroes in place) the chunks it is sent, in order, flushing
+/// every [`SYNC_EVERY`] bytes when writes bypass the page cache.
+fn write_chunks(
+    t: &mut dyn Target,
+    jobs: &Receiver<(u64, usize, AlignedBuf)>,
+    ret: &Sender<AlignedBuf>,
+    names: &Names,
+) -> Result<Written> {
+    let mut w = Written::default();
+    for (off, n, buf) in jobs {
+        let data = buf.get(n);
+        let zeroed = is_zero(data)
+            && t.zero(off, n as u64)
+                .map_err(|e| write_err(names, off, n, e))?;
+        if zeroed {
+            w.zeroed += n as u64;
+        } else {
+            t.write_at(data, off)
+                .map_err(|(o, e)| write_err(names, o, n, e))?;
+            w.written += n as u64;
+        }
+        w.last_end = off + n as u64;
+        if t.writes_through() && w.last_end - w.synced_to >= SYNC_EVERY {
+            flush(t, names, w.synced_to, w.last_end)?;
+            w.synced_to = w.last_end;
+        }
+        let _ = ret.send(buf);
+    }
+    Ok(w)
 }
 
 fn flush(t: &mut dyn Target, names: &Names, from: u64, to: u64) -> Result<()> {

@@ -66,13 +66,13 @@ pub(crate) struct FileTarget {
     can_zero: bool,
 }
 
-/// Whether two descriptors reach the same device. (While the first is
-/// open, the kernel does not give its device number to a newly plugged
-/// disk.)
+/// Whether two descriptors reach the same device or file. (While the
+/// first is open, the kernel does not give its device number to a newly
+/// plugged disk.)
 fn same_disk(a: &File, b: &File) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let rdev = |f: &File| f.metadata().map(|m| m.rdev()).ok();
-    rdev(a).is_some() && rdev(a) == rdev(b)
+    let id = |f: &File| f.metadata().map(|m| (m.dev(), m.ino(), m.rdev())).ok();
+    id(a).is_some() && id(a) == id(b)
 }
 
 fn aligned(ptr: *const u8, len: usize, off: u64) -> bool {
@@ -123,19 +123,22 @@ impl FileTarget {
         })
     }
 
-    /// A regular file at `path`, written through the page cache and
-    /// flushed at the end (as fast as the kernel's writeback allows), and
-    /// read back with O_DIRECT where its filesystem allows that.
+    /// A regular file at `path`, written and read back with O_DIRECT
+    /// where its filesystem allows (no copy into the page cache, and the
+    /// final flush has little left to do), else through the page cache
+    /// and flushed at the end.
     pub(crate) fn from_file(file: File, path: &Path) -> FileTarget {
         let direct = OpenOptions::new()
             .read(true)
+            .write(true)
             .custom_flags(libc::O_DIRECT)
             .open(path)
-            .ok();
+            .ok()
+            .filter(|d| same_disk(&file, d));
         FileTarget {
             file,
+            direct_writes: direct.is_some(),
             direct,
-            direct_writes: false,
             can_zero: true,
         }
     }
