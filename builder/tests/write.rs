@@ -1067,7 +1067,10 @@ fn a_device_held_exclusively_is_refused() {
     drop(held);
     drop(l);
     assert!(
-        err.contains(&format!("refusing to write to {name}: it is busy")),
+        err.contains(&format!(
+            "refusing to write to {name}: it is busy: mounted, or opened exclusively by another \
+             program (a mount, an installer, another airlock write); close that first"
+        )),
         "{err}"
     );
     assert!(err.contains("Device or resource busy"), "{err}");

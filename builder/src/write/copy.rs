@@ -4,11 +4,12 @@
 //! A reader thread reads (or decompresses) the mapped ranges of the image in
 //! chunks; the next thread checks each range against the block map's
 //! sha256, lays the GPT patches over it and hands the chunks to a writer
-//! thread, which writes them in order while the next chunk is hashed. The chunk holding the partition table is kept back and written
-//! last, after everything else has been flushed, so an interrupted write
-//! leaves a disk with no partition table rather than a half-written one that
-//! looks bootable. The read-back reads every written range from the target
-//! (past the page cache) and compares its sha256 with what was written.
+//! thread, which writes them in order while the next chunk is hashed. The
+//! chunk holding the partition table is kept back and written last, after
+//! everything else has been flushed, so an interrupted write leaves a disk
+//! with no partition table rather than a half-written one that looks
+//! bootable. The read-back reads every written range from the target (past
+//! the page cache) and compares its sha256 with what was written.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,7 +25,6 @@ use super::source::Source;
 use super::target::{AlignedBuf, Target};
 use crate::bmap::Bmap;
 
-/// Bytes per read and write.
 /// Bytes per read and write of the copy: small enough that a chunk read
 /// from the page cache is still in the CPU cache when it is hashed and
 /// written (4 MiB chunks made the copy half as fast).

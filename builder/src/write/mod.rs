@@ -183,7 +183,8 @@ fn open_target(o: &WriteOptions, host: &Host, kind: &Kind, image_size: u64) -> R
                         device::check(host, &o.device, name, *devno, image_size, o.force)?;
                     }
                     let why = if e.raw_os_error() == Some(libc::EBUSY) {
-                        "it is busy: mounted, or opened exclusively by another program (a                          mount, an installer, another airlock write); close that first"
+                        "it is busy: mounted, or opened exclusively by another program (a \
+                         mount, an installer, another airlock write); close that first"
                     } else {
                         "it cannot be opened for writing"
                     };
