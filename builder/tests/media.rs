@@ -4,6 +4,8 @@
 //! see every difference named.
 
 mod common;
+#[path = "common/oci.rs"]
+mod oci;
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -508,4 +510,594 @@ fn missing_qemu_img_names_the_package_before_building() {
     );
     let err = run_err(fx.build(&bad, "out"));
     assert!(err.contains("recipe.toml:") && err.contains("vdi"), "{err}");
+}
+
+#[test]
+fn verify_checks_the_block_map_beside_the_image() {
+    if !tools() {
+        return;
+    }
+    let fx = Fixture::new();
+    let out = build(&fx, |t| t, "out", &[]);
+    let map = airlock::bmap::Bmap::load(&out.join("tiny.bmap")).unwrap();
+    for image in ["tiny.raw", "tiny.raw.zst"] {
+        let o = airlock()
+            .args(["verify", "--json"])
+            .arg(out.join(image))
+            .output()
+            .unwrap();
+        let j: serde_json::Value = serde_json::from_str(&run_ok_stdout(o)).unwrap();
+        assert_eq!(
+            j["bmap"].as_str().unwrap(),
+            out.join("tiny.bmap").to_str().unwrap(),
+            "{image}: {j}"
+        );
+        assert!(
+            j["passed"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["check"] == "block map"),
+            "{image}: {j}"
+        );
+    }
+
+    // A copy with its map, one byte changed inside a mapped range that no
+    // file covers (the zeros after the partition table).
+    let copy = fx.path("copy");
+    fs::create_dir(&copy).unwrap();
+    fs::copy(out.join("tiny.raw"), copy.join("tiny.raw")).unwrap();
+    fs::copy(out.join("tiny.bmap"), copy.join("tiny.bmap")).unwrap();
+    let at = 600 * 1024 + 5;
+    let bad = map
+        .ranges
+        .iter()
+        .find(|r| {
+            let (s, l) = map.bytes(r);
+            s <= at && at < s + l
+        })
+        .expect("a mapped byte");
+    flip(&copy.join("tiny.raw"), at);
+    let o = verify(&copy.join("tiny.raw"), Some(&out.join("manifest.json")));
+    let text = stdout(&o);
+    run_err(o);
+    let (s, l) = map.bytes(bad);
+    assert!(
+        text.contains(&format!(
+            "FAILED   block map {}: blocks {}-{} (bytes {s} to {}) have sha256 ",
+            copy.join("tiny.bmap").display(),
+            bad.first,
+            bad.last,
+            s + l
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("the map says {}", bad.sha256)),
+        "{text}"
+    );
+    // Files are still checked, and pass: only the map saw this byte (and
+    // the image's digest).
+    assert!(text.contains("ok       root files"), "{text}");
+    assert!(text.contains("\n2 differences\n"), "{text}");
+}
+
+/// A control-plane node image built from small made-up inputs (the
+/// minimal recipe of builder/tests/kube.rs, every image in one OCI
+/// archive): (fixture, output folder).
+fn node_image() -> (Fixture, PathBuf) {
+    let fx = Fixture::new();
+    let p = |s: &str| fx.path(s);
+    let mut base = base_entries();
+    for (path, body, mode) in [
+        ("usr/sbin/iptables", &b"#!/bin/sh\n"[..], 0o755),
+        ("usr/sbin/modprobe", b"#!/bin/sh\n", 0o755),
+        ("usr/sbin/conntrack", b"#!/bin/sh\n", 0o755),
+        ("usr/bin/mount", b"#!/bin/sh\n", 0o755),
+        (
+            "usr/lib/modules/6.1.0-28-amd64/modules.builtin",
+            b"kernel/fs/overlayfs/overlay.ko\n",
+            0o644,
+        ),
+        (
+            "usr/lib/modules/6.1.0-28-amd64/kernel/net/bridge/br_netfilter.ko",
+            b"\x7fELF module",
+            0o644,
+        ),
+    ] {
+        base.push(Entry::File(path, body, mode, 0, 0));
+    }
+    tarball(&p("node-base.tar"), &base);
+    for b in ["kubeadm", "kubelet", "kubectl"] {
+        fs::write(p(b), format!("#!/bin/sh\necho {b} stand-in\n")).unwrap();
+    }
+    let gz = |name: &str, entries: &[Entry]| {
+        let plain = p(&format!("{name}.plain"));
+        tarball(&plain, entries);
+        fs::write(p(name), oci::gzip(&fs::read(&plain).unwrap())).unwrap();
+    };
+    gz(
+        "containerd.tar.gz",
+        &[
+            Entry::Dir("bin", 0o755),
+            Entry::File("bin/containerd", b"containerd", 0o755, 0, 0),
+            Entry::File("bin/containerd-shim-runc-v2", b"shim", 0o755, 0, 0),
+            Entry::File("bin/ctr", b"ctr", 0o755, 0, 0),
+        ],
+    );
+    fs::write(p("runc.amd64"), b"runc").unwrap();
+    gz(
+        "crictl.tar.gz",
+        &[Entry::File("crictl", b"crictl", 0o755, 0, 0)],
+    );
+    gz(
+        "cni-plugins.tgz",
+        &[
+            Entry::Dir("./", 0o755),
+            Entry::File("./loopback", b"loopback", 0o755, 0, 0),
+            Entry::File("./bridge", b"bridge", 0o755, 0, 0),
+            Entry::File("./portmap", b"portmap", 0o755, 0, 0),
+        ],
+    );
+    fs::write(
+        p("kube-flannel.yml"),
+        r#"---
+kind: ConfigMap
+apiVersion: v1
+metadata:
+  name: kube-flannel-cfg
+  namespace: kube-flannel
+data:
+  net-conf.json: |
+    { "Network": "10.244.0.0/16", "Backend": { "Type": "vxlan" } }
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: kube-flannel-ds
+  namespace: kube-flannel
+spec:
+  template:
+    spec:
+      initContainers:
+      - name: install-cni-plugin
+        image: ghcr.io/flannel-io/flannel-cni-plugin:v1.9.1-flannel3
+      containers:
+      - name: kube-flannel
+        image: ghcr.io/flannel-io/flannel:v0.28.9
+"#,
+    )
+    .unwrap();
+    fs::write(
+        p("images.tar.gz"),
+        oci::gzip(&oci::oci_layout(NODE_IMAGES, "linux/amd64")),
+    )
+    .unwrap();
+    let pin = |f: &str| {
+        format!(
+            "{{ source = \"{f}\", sha256 = \"{}\" }}",
+            sha256_file(&p(f))
+        )
+    };
+    let recipe = format!(
+        r#"name = "cp"
+epoch = 1700000000
+
+[base]
+path = "node-base.tar"
+sha256 = "{base}"
+
+[kubernetes]
+version = "1.34.11"
+kubeadm = {kubeadm}
+kubelet = {kubelet}
+kubectl = {kubectl}
+
+[containerd]
+version = "2.1.9"
+release = {containerd}
+runc = {runc}
+crictl = {crictl}
+cni_plugins = {cni_plugins}
+
+[cni]
+manifest = {manifest}
+
+[[image]]
+source = "images.tar.gz"
+sha256 = "{images}"
+
+[cluster]
+name = "prod"
+control_plane_endpoint = "10.0.0.10:6443"
+
+[host]
+ntp = []
+
+[disk]
+size = "512MiB"
+esp_size = "40MiB"
+
+[node]
+hostname = "cp-1"
+advertise_address = "10.0.0.10"
+"#,
+        base = sha256_file(&p("node-base.tar")),
+        kubeadm = pin("kubeadm"),
+        kubelet = pin("kubelet"),
+        kubectl = pin("kubectl"),
+        containerd = pin("containerd.tar.gz"),
+        runc = pin("runc.amd64"),
+        crictl = pin("crictl.tar.gz"),
+        cni_plugins = pin("cni-plugins.tgz"),
+        manifest = pin("kube-flannel.yml"),
+        images = sha256_file(&p("images.tar.gz")),
+    );
+    let recipe = fx.write_recipe(&recipe);
+    let out = fx.path("out");
+    run_ok(
+        airlock()
+            .arg("build")
+            .arg(&recipe)
+            .arg("--out")
+            .arg(&out)
+            .arg("--cache")
+            .arg(fx.path("cache"))
+            .args(["--format", "raw.zst"])
+            .output()
+            .unwrap(),
+    );
+    (fx, out)
+}
+
+/// Every image the control plane and flannel need, for 1.34.11.
+const NODE_IMAGES: &[&str] = &[
+    "registry.k8s.io/kube-apiserver:v1.34.11",
+    "registry.k8s.io/kube-controller-manager:v1.34.11",
+    "registry.k8s.io/kube-scheduler:v1.34.11",
+    "registry.k8s.io/kube-proxy:v1.34.11",
+    "registry.k8s.io/coredns/coredns:v1.12.1",
+    "registry.k8s.io/pause:3.10.1",
+    "registry.k8s.io/etcd:3.6.5-0",
+    "ghcr.io/flannel-io/flannel:v0.28.9",
+    "ghcr.io/flannel-io/flannel-cni-plugin:v1.9.1-flannel3",
+];
+
+/// Asserts that `inspect` (text and JSON) says what the node recipe put in.
+fn assert_node_inspect(text: &str, j: &serde_json::Value) {
+    for want in [
+        "Hostname    cp-1\n",
+        "Kubernetes  version: 1.34.11\n",
+        "            kubeadm_api: kubeadm.k8s.io/v1beta4\n",
+        "Containerd  version: 2.1.9\n",
+        "            source: release\n",
+        "Node        name: cp-1\n",
+        "            role: init (the first control plane: kubeadm init)\n",
+        "            control_plane_endpoint: 10.0.0.10:6443\n",
+        "Secrets     bootstrap-token\n            ca.crt\n            ca.key\n",
+        "airlock-images.service (wanted by multi-user.target)\n",
+        "airlock-kubeadm.service (wanted by multi-user.target)\n",
+        "kernel 6.1.0-28-amd64",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    let mut images: Vec<&str> = NODE_IMAGES.to_vec();
+    images.sort();
+    let listed: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Images "))
+        .take(images.len())
+        .map(|l| l.trim_start_matches("Images").trim())
+        .collect();
+    assert_eq!(listed, images, "{text}");
+
+    assert_eq!(j["kubernetes"]["version"], "1.34.11", "{j}");
+    assert_eq!(j["containerd"]["version"], "2.1.9", "{j}");
+    assert_eq!(j["images"], serde_json::json!(images), "{j}");
+    assert_eq!(j["node"]["role"], "init", "{j}");
+    assert_eq!(j["node"]["name"], "cp-1", "{j}");
+    assert_eq!(
+        j["secrets"],
+        serde_json::json!(["bootstrap-token", "ca.crt", "ca.key"]),
+        "{j}"
+    );
+    let units: Vec<&str> = j["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["unit"].as_str().unwrap())
+        .collect();
+    for u in [
+        "airlock-images.service",
+        "airlock-kubeadm.service",
+        "kubelet.service",
+    ] {
+        assert!(units.contains(&u), "{u} not in {units:?}");
+    }
+    assert_eq!(j["problems"], serde_json::json!([]), "{j}");
+}
+
+#[test]
+fn inspect_and_verify_a_node_image_as_an_ordinary_user() {
+    if !tools() || !have("setpriv") {
+        return;
+    }
+    let (_fx, out) = node_image();
+    // World-readable copies, where nobody (uid 65534) can read them.
+    let shared = tempfile::Builder::new()
+        .prefix("airlock-media-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(shared.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    for f in [
+        "cp.raw",
+        "cp.raw.zst",
+        "cp.bmap",
+        "manifest.json",
+        "SHA256SUMS",
+    ] {
+        let to = shared.path().join(f);
+        fs::copy(out.join(f), &to).unwrap();
+        fs::set_permissions(&to, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let nobody = |args: &[&str], image: &str| {
+        let o = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_airlock"))
+            .args(args)
+            .arg(shared.path().join(image))
+            .env("TMPDIR", "/tmp")
+            .current_dir("/")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(
+            o.status.success(),
+            "airlock {args:?} {image} as nobody: {stderr}\n{stdout}"
+        );
+        stdout
+    };
+    for image in ["cp.raw", "cp.raw.zst"] {
+        let text = nobody(&["inspect"], image);
+        let j: serde_json::Value =
+            serde_json::from_str(&nobody(&["inspect", "--json"], image)).unwrap();
+        assert_node_inspect(&text, &j);
+        let v = nobody(&["verify"], image);
+        assert!(v.contains("(beside the image)"), "{image}: {v}");
+        assert!(v.contains("ok       image sha256"), "{image}: {v}");
+        assert!(v.contains("ok       block map"), "{image}: {v}");
+        assert!(
+            v.contains("verified: the image matches its manifest"),
+            "{image}: {v}"
+        );
+        // One file of the image, read without mounting it.
+        let hostname = nobody(&["inspect", "--cat", "/etc/hostname"], image);
+        assert_eq!(hostname.trim(), "cp-1");
+    }
+}
+
+/// A `qemu-img` first on PATH that logs its arguments to `log` and hands
+/// them to the real one, except that `check` fails when `fail_check`.
+fn qemu_img_wrapper(fx: &Fixture, fail_check: bool) -> (PathBuf, PathBuf) {
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v qemu-img"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let dir = fx.path(if fail_check { "bin-fail" } else { "bin" });
+    fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("qemu-img.log");
+    let fail = if fail_check {
+        "if [ \"$1\" = check ]; then echo 'Leaked cluster 9 refcount=1 reference=0' >&2; exit 3; fi\n"
+    } else {
+        ""
+    };
+    let script = dir.join("qemu-img");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\n{fail}exec '{real}' \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap());
+    (PathBuf::from(path), log)
+}
+
+#[test]
+fn every_converted_disk_is_checked_by_qemu_img() {
+    if !(tools() && have("qemu-img")) {
+        return;
+    }
+    let fx = Fixture::new();
+    let recipe = fx.write_recipe(&fx.recipe_text());
+    let build = |path: &Path, out: &str| {
+        airlock()
+            .env("PATH", path)
+            .arg("build")
+            .arg(&recipe)
+            .args(["--format", "qcow2", "--format", "vmdk", "--format", "vhdx"])
+            .arg("--out")
+            .arg(fx.path(out))
+            .arg("--cache")
+            .arg(fx.path("cache"))
+            .output()
+            .unwrap()
+    };
+    let (path, log) = qemu_img_wrapper(&fx, false);
+    run_ok(build(&path, "out"));
+    let calls = fs::read_to_string(&log).unwrap();
+    for (format, file) in [
+        ("qcow2", "tiny.qcow2"),
+        ("vmdk", "tiny.vmdk"),
+        ("vhdx", "tiny.vhdx"),
+    ] {
+        let checked: Vec<&str> = calls
+            .lines()
+            .filter(|l| l.starts_with(&format!("check -q -f {format} ")))
+            .collect();
+        assert_eq!(checked.len(), 1, "{format}: {calls}");
+        // The file checked is the one that was converted (and then renamed
+        // to its final name).
+        let converted = calls
+            .lines()
+            .find(|l| l.starts_with("convert ") && l.contains(&format!("-O {format} ")))
+            .unwrap_or_else(|| panic!("{format} not converted: {calls}"));
+        let target = converted.rsplit(' ').next().unwrap();
+        assert!(checked[0].ends_with(&format!(" {target}")), "{calls}");
+        assert!(fx.path("out").join(file).is_file());
+    }
+
+    // A check that fails stops the build, says which file and why, and
+    // leaves no output folder behind.
+    let (path, _) = qemu_img_wrapper(&fx, true);
+    let err = run_err(build(&path, "bad"));
+    assert!(
+        err.contains("with qemu-img check") && err.contains("tiny.qcow2"),
+        "{err}"
+    );
+    assert!(err.contains("Leaked cluster 9"), "{err}");
+    assert!(
+        !fx.path("bad").exists(),
+        "a failed build left {:?}",
+        fs::read_dir(fx.path("bad")).map(|d| d.count())
+    );
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The cached Debian bookworm base (tests/fixtures/debian-base.sh), or
+/// None (skip, noted; a failure in CI).
+fn debian_base() -> Option<PathBuf> {
+    let out = Command::new(repo().join("tests/fixtures/debian-base.sh"))
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the Debian base is required in CI: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("skipping: no Debian base");
+        return None;
+    }
+    let path = String::from_utf8_lossy(&out.stdout);
+    Some(PathBuf::from(path.lines().next().unwrap().trim()))
+}
+
+/// The demo recipe with absolute paths and its base pinned by digest.
+fn demo_recipe(dir: &Path, base: &Path) -> PathBuf {
+    let r = repo();
+    let text = fs::read_to_string(r.join("recipes/demo.toml"))
+        .unwrap()
+        .replace(
+            "template_dir = \"templates\"",
+            &format!("template_dir = \"{}/recipes/templates\"", r.display()),
+        )
+        .replace(
+            "\"../overlays/demo\"",
+            &format!("\"{}/overlays/demo\"", r.display()),
+        )
+        .replace(
+            "path = \"../out/fixtures/debian-bookworm.tar.zst\"",
+            &format!(
+                "path = \"{}\"\nsha256 = \"{}\"",
+                base.display(),
+                sha256_file(base)
+            ),
+        );
+    let p = dir.join("demo.toml");
+    fs::write(&p, text).unwrap();
+    p
+}
+
+/// The demo image written by `airlock write` to a stick twice its size
+/// that held another disk's partition table: the stick's GPT is whole and
+/// the stick boots to the demo's first-boot report.
+#[test]
+fn a_written_demo_image_boots_from_a_stick_twice_its_size() {
+    if !(tools() && have("qemu-system-x86_64") && have("sgdisk")) {
+        return;
+    }
+    let Some(base) = debian_base() else { return };
+    let dir = tempfile::tempdir_in(repo().join("out")).unwrap();
+    let d = dir.path();
+    let out = d.join("demo");
+    run_ok(
+        airlock()
+            .arg("build")
+            .arg(demo_recipe(d, &base))
+            .args(["--format", "raw", "--out"])
+            .arg(&out)
+            .arg("--cache")
+            .arg(repo().join("out/cache"))
+            .output()
+            .unwrap(),
+    );
+    let raw = out.join("demo.raw");
+    let size = fs::metadata(&raw).unwrap().len();
+    let stick = d.join("stick.img");
+    fs::File::create(&stick).unwrap().set_len(2 * size).unwrap();
+    run_ok(
+        Command::new("sgdisk")
+            .args(["-o", "-n", "1:2048:+64M"])
+            .arg(&stick)
+            .output()
+            .unwrap(),
+    );
+    let o = airlock()
+        .args(["write", "--yes", "--json"])
+        .arg(&raw)
+        .arg(&stick)
+        .output()
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_str(&run_ok_stdout(o)).unwrap();
+    assert_eq!(s["verified"], true, "{s}");
+    assert_eq!(s["backup_gpt_moved"], true, "{s}");
+    assert_eq!(s["device_size"], 2 * size, "{s}");
+    let v = run_ok(
+        Command::new("sgdisk")
+            .arg("-v")
+            .arg(&stick)
+            .output()
+            .unwrap(),
+    );
+    assert!(v.contains("No problems found"), "{v}");
+
+    let log = d.join("stick.log");
+    let o = airlock()
+        .arg("boot")
+        .arg(&stick)
+        .args([
+            "--timeout",
+            "900",
+            "--until",
+            "AIRLOCK-DEMO-FIRSTBOOT-OK",
+            "--log",
+        ])
+        .arg(&log)
+        .output()
+        .unwrap();
+    let console = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        o.status.success(),
+        "boot failed: {}\n--- console ---\n{console}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(console.contains("AIRLOCK-DEMO-FIRSTBOOT-OK"), "{console}");
 }

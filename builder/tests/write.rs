@@ -771,9 +771,32 @@ fn an_io_error_on_a_loop_device_names_the_offset() {
         &l.path(),
     ));
     drop(l);
-    let re = regex::Regex::new(r"(writing to \S+ failed at offset (\d+)|flushing \S+ failed: the writes between offsets (\d+) and (\d+))").unwrap();
-    assert!(re.is_match(&err), "no offset: {err}");
-    assert!(err.contains("error"), "{err}");
+    // The loop device fails the write past the tmpfs's room, or (when the
+    // kernel took the writes into its cache) the flush: either way the
+    // message names where, and the errno the device gave.
+    let re = regex::Regex::new(
+        r"(writing to \S+ failed at offset (\d+) \(\d+ bytes\): (.+)|flushing \S+ failed: the writes between offsets (\d+) and (\d+) may not have reached the device: (.+))",
+    )
+    .unwrap();
+    let c = re
+        .captures(&err)
+        .unwrap_or_else(|| panic!("no offset: {err}"));
+    let (at, cause) = match (c.get(2), c.get(4)) {
+        (Some(a), _) => (a.as_str().parse::<u64>().unwrap(), &c[3]),
+        (None, Some(_)) => (c[5].parse::<u64>().unwrap(), &c[6]),
+        _ => unreachable!(),
+    };
+    // 8 MiB of room, less what tmpfs keeps for itself: the failure is past
+    // a few MiB and before the end of the image.
+    assert!(
+        at > (4 << 20) && at <= 2 * image_size(&out),
+        "offset {at}: {err}"
+    );
+    assert!(
+        cause.contains("Input/output error") || cause.contains("No space left on device"),
+        "cause {cause:?}: {err}"
+    );
+    assert!(err.contains("partition table was erased"), "{err}");
 }
 
 #[test]
@@ -823,4 +846,331 @@ fn asks_on_a_terminal() {
     let (ok, log) = ask("yes\n");
     assert!(ok, "{log}");
     assert_eq!(fs::metadata(&target).unwrap().len(), image_size(&out));
+}
+
+/// The `airlock: wrote ...` summary line of a write's stderr.
+fn summary_line(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("airlock: wrote "))
+        .unwrap_or_else(|| panic!("no summary line: {stderr}"))
+        .to_string()
+}
+
+#[test]
+fn the_summary_says_whether_it_read_back() {
+    if !tools() {
+        return;
+    }
+    let (fx, out) = built();
+    let size = image_size(&out);
+    let b = airlock::bmap::Bmap::load(&out.join("tiny.bmap")).unwrap();
+    let target = fx.path("stick.img");
+    let re = regex::Regex::new(
+        r"^airlock: wrote ([\d.]+) MiB of the 160\.0 MiB image to (\S+) in ([\d.]+)s \(([\d.]+) MiB/s\)",
+    )
+    .unwrap();
+    for (args, verified) in [
+        (&["--yes", "--json", "--no-verify"][..], false),
+        (&["--yes", "--json"][..], true),
+    ] {
+        garbage_file(&target, size);
+        let o = write(args, &out.join("tiny.raw"), &target);
+        let stdout = String::from_utf8(o.stdout.clone()).unwrap();
+        let stderr = String::from_utf8(o.stderr.clone()).unwrap();
+        run_ok(o);
+        let s: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(s["verified"], verified, "{args:?}: {s}");
+        let line = summary_line(&stderr);
+        let c = re
+            .captures(&line)
+            .unwrap_or_else(|| panic!("summary: {line}"));
+        let sent = s["bytes_written"].as_u64().unwrap() + s["bytes_zeroed"].as_u64().unwrap();
+        assert_eq!(sent, b.mapped_bytes(), "{s}");
+        assert_eq!(&c[1], format!("{:.1}", sent as f64 / 1048576.0), "{line}");
+        assert_eq!(&c[2], target.display().to_string(), "{line}");
+        let secs: f64 = c[3].parse().unwrap();
+        assert!(
+            (secs - s["write_seconds"].as_f64().unwrap()).abs() < 0.051,
+            "{line} / {s}"
+        );
+        if verified {
+            assert_eq!(
+                s["bytes_verified"].as_u64().unwrap(),
+                b.mapped_bytes(),
+                "{s}"
+            );
+            assert!(s["verify_seconds"].as_f64().unwrap() > 0.0, "{s}");
+            assert!(line.contains("; read back and verified in "), "{line}");
+            assert!(!line.contains("NOT verified"), "{line}");
+        } else {
+            assert_eq!(s["bytes_verified"], 0, "{s}");
+            assert_eq!(s["verify_seconds"], 0.0, "{s}");
+            assert!(line.ends_with("; NOT verified (--no-verify)"), "{line}");
+            assert!(!line.contains("read back"), "{line}");
+        }
+        check_target(&fx, &out, &target);
+    }
+}
+
+/// The build's block map with the GPT areas (the first and last 20 KiB)
+/// left out, as a map made by another tool might: sha256s recomputed.
+fn map_without_the_gpt(out: &Path, at: &Path) {
+    let mut b = airlock::bmap::Bmap::load(&out.join("tiny.bmap")).unwrap();
+    let img = File::open(out.join("tiny.raw")).unwrap();
+    let (lo, hi) = (5, b.blocks_count() - 6);
+    let mut ranges = Vec::new();
+    for r in &b.ranges {
+        let (first, last) = (r.first.max(lo), r.last.min(hi));
+        if first > last {
+            continue;
+        }
+        let mut bytes = vec![0u8; ((last - first + 1) * 4096) as usize];
+        img.read_exact_at(&mut bytes, first * 4096).unwrap();
+        ranges.push(airlock::bmap::Range {
+            first,
+            last,
+            sha256: sha256(&bytes),
+        });
+    }
+    assert_ne!(ranges, b.ranges);
+    b.ranges = ranges;
+    fs::write(at, b.to_xml()).unwrap();
+}
+
+/// Sectors of `path` that start with a GPT header signature, and each
+/// header's disk GUID.
+fn gpt_headers(path: &Path) -> Vec<(u64, Vec<u8>)> {
+    let data = fs::read(path).unwrap();
+    data.chunks(512)
+        .enumerate()
+        .filter(|(_, s)| s.starts_with(b"EFI PART"))
+        .map(|(i, s)| (i as u64, s[56..72].to_vec()))
+        .collect()
+}
+
+#[test]
+fn old_partition_tables_are_gone_even_with_a_foreign_map() {
+    if !tools() {
+        return;
+    }
+    let (fx, out) = built();
+    let size = image_size(&out);
+    let foreign = fx.path("foreign.bmap");
+    map_without_the_gpt(&out, &foreign);
+    let ours = gpt_headers(&out.join("tiny.raw"));
+    assert_eq!(ours.len(), 2, "the image's own primary and backup");
+    let guid = ours[0].1.clone();
+    for (len, map) in [
+        (size, Some(&foreign)),
+        (2 * size, Some(&foreign)),
+        (2 * size + (3 << 20), None),
+    ] {
+        // The stick's previous life: a GPT of its own over the whole stick,
+        // and the backup of an image of this image's size, in the middle.
+        let target = fx.path("stick.img");
+        garbage_file(&target, len);
+        run_ok(
+            Command::new("sgdisk")
+                .args(["-o", "-n", "1:2048:+8M"])
+                .arg(&target)
+                .output()
+                .unwrap(),
+        );
+        let old = fx.path("old.img");
+        File::create(&old).unwrap().set_len(size).unwrap();
+        run_ok(Command::new("sgdisk").arg("-o").arg(&old).output().unwrap());
+        let tail = fs::read(&old).unwrap()[(size - 33 * 512) as usize..].to_vec();
+        OpenOptions::new()
+            .write(true)
+            .open(&target)
+            .unwrap()
+            .write_all_at(&tail, size - 33 * 512)
+            .unwrap();
+        let before = gpt_headers(&target);
+        assert!(before.len() >= 2 && before.iter().all(|(_, g)| *g != guid));
+
+        let mut args = vec!["--yes", "--json"];
+        if let Some(m) = map {
+            args.push("--bmap");
+            args.push(m.to_str().unwrap());
+        }
+        let o = write(&args, &out.join("tiny.raw"), &target);
+        let stdout = String::from_utf8(o.stdout.clone()).unwrap();
+        run_ok(o);
+        let s: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(s["verified"], true, "{s}");
+        // Exactly two headers: the primary and the backup at the real end,
+        // both this image's.
+        let after = gpt_headers(&target);
+        let last = len / 512 - 1;
+        assert_eq!(
+            after,
+            vec![(1, guid.clone()), (last, guid.clone())],
+            "{len} bytes, map {map:?}"
+        );
+        let v = run_ok(
+            Command::new("sgdisk")
+                .arg("-v")
+                .arg(&target)
+                .output()
+                .unwrap(),
+        );
+        assert!(v.contains("No problems found"), "{v}");
+        // The GPT blocks the foreign map leaves out were read back too: a
+        // copy whose backup table was changed afterwards fails verify-only.
+        if let Some(m) = map {
+            let f = OpenOptions::new().write(true).open(&target).unwrap();
+            f.write_all_at(b"X", (last - 10) * 512 + 7).unwrap();
+            drop(f);
+            let err = run_err(write(
+                &["--verify-only", "--bmap", m.to_str().unwrap()],
+                &out.join("tiny.raw"),
+                &target,
+            ));
+            assert!(
+                err.contains(&format!(
+                    "the first bad byte is at offset {}",
+                    (last - 10) * 512 + 7
+                )),
+                "{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_device_held_exclusively_is_refused() {
+    if !loops() {
+        return;
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let (fx, out) = built();
+    let back = fx.path("held.back");
+    garbage_file(&back, 2 * image_size(&out));
+    let Some(l) = Loop::new(&back, false) else {
+        assert!(std::env::var_os("CI").is_none(), "losetup failed in CI");
+        return;
+    };
+    // Another program (an installer, a second airlock) holds it.
+    let held = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(l.path())
+        .unwrap();
+    let err = run_err(write(
+        &["--yes", "--force"],
+        &out.join("tiny.raw"),
+        &l.path(),
+    ));
+    let name = l.0.clone();
+    drop(held);
+    drop(l);
+    assert!(
+        err.contains(&format!(
+            "refusing to write to {name}: it is busy: mounted, or opened exclusively by another \
+             program (a mount, an installer, another airlock write); close that first"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("Device or resource busy"), "{err}");
+    let mut head = [0u8; 4096];
+    File::open(&back)
+        .unwrap()
+        .read_exact_at(&mut head, 0)
+        .unwrap();
+    assert!(head.iter().all(|&b| b == 0xaa), "written while held");
+}
+
+#[test]
+fn a_device_swapped_during_the_prompt_is_not_written() {
+    if !loops() || !have("script") {
+        return;
+    }
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let (fx, out) = built();
+    let size = image_size(&out);
+    let (back_a, back_b) = (fx.path("a.back"), fx.path("b.back"));
+    garbage_file(&back_a, 2 * size);
+    garbage_file(&back_b, 2 * size);
+    let (Some(a), Some(b)) = (Loop::new(&back_a, false), Loop::new(&back_b, false)) else {
+        assert!(std::env::var_os("CI").is_none(), "losetup failed in CI");
+        return;
+    };
+    // The path the person typed, which udev (or a swapped stick) makes
+    // name another disk while the prompt waits.
+    let link = fx.path("stick");
+    std::os::unix::fs::symlink(a.path(), &link).unwrap();
+    let line = format!(
+        "{} write --force {} {}",
+        env!("CARGO_BIN_EXE_airlock"),
+        out.join("tiny.raw").display(),
+        link.display()
+    );
+    let mut c = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let mut stdout = c.stdout.take().unwrap();
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let t0 = std::time::Instant::now();
+    while !seen.lock().unwrap().contains("Type \"yes\"") {
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "no prompt: {}",
+            seen.lock().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(b.path(), &link).unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+    stdin.write_all(b"yes\n").unwrap();
+    let status = c.wait().unwrap();
+    reader.join().unwrap();
+    drop(stdin);
+    let (a_name, b_name) = (a.0.clone(), b.0.clone());
+    drop(a);
+    drop(b);
+    let log = seen.lock().unwrap().clone();
+    assert!(status.success(), "{log}");
+    // The prompt described A, and A was written; B kept its old bytes.
+    let short = |n: &str| n.trim_start_matches("/dev/").to_string();
+    assert!(log.contains(&format!("({})", short(&a_name))), "{log}");
+    assert!(!log.contains(&format!("({})", short(&b_name))), "{log}");
+    let v = run_ok(
+        Command::new("sgdisk")
+            .arg("-v")
+            .arg(&back_a)
+            .output()
+            .unwrap(),
+    );
+    assert!(v.contains("No problems found"), "{v}");
+    let f = File::open(&back_b).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    for off in [0, size - (1 << 20), 2 * size - (1 << 20)] {
+        f.read_exact_at(&mut buf, off).unwrap();
+        assert!(
+            buf.iter().all(|&x| x == 0xaa),
+            "the other disk was written at {off}"
+        );
+    }
 }

@@ -154,7 +154,24 @@ fn list(s: &mut String, label: &str, items: &[String]) {
 /// line, objects as `key: value` lines (nested ones indented).
 fn value(s: &mut String, label: &str, v: &Value) {
     let mut lines = Vec::new();
-    flatten(v, "", &mut lines);
+    match v {
+        // What a reader looks for first (version, name, role) leads; the
+        // node role is said in words.
+        Value::Object(m) => {
+            let mut rest = m.clone();
+            for k in ["version", "name", "role"] {
+                let Some(x) = rest.remove(k) else { continue };
+                let shown = match (k, x.as_str()) {
+                    ("role", Some("init")) => "init (the first control plane: kubeadm init)".into(),
+                    ("role", Some("join")) => "join (a worker: kubeadm join)".into(),
+                    _ => scalar(&x),
+                };
+                lines.push(format!("{k}: {shown}"));
+            }
+            flatten(&Value::Object(rest), "", &mut lines);
+        }
+        _ => flatten(v, "", &mut lines),
+    }
     if lines.is_empty() {
         lines.push("(none)".to_string());
     }
@@ -306,11 +323,12 @@ mod tests {
             ],
             files: 42,
             esp_files: 6,
-            kubernetes: Some(json!({ "version": "v1.31.4" })),
-            containerd: Some(json!("1.7.24")),
-            images: Some(json!(["registry.k8s.io/pause:3.10", "registry.k8s.io/etcd:3.5.15-0"])),
-            node: Some(json!({ "role": "control-plane", "name": "cp-1" })),
-            secrets: Some(json!([{ "path": "/etc/kubernetes/pki/ca.key", "mode": "0600" }])),
+            // The shapes kube::stage writes into the manifest.
+            kubernetes: Some(json!({ "version": "1.31.4", "kubeadm_api": "kubeadm.k8s.io/v1beta4", "cluster_name": "prod" })),
+            containerd: Some(json!({ "version": "1.7.24", "source": "release", "config_version": 2 })),
+            images: Some(json!(["registry.k8s.io/etcd:3.5.15-0", "registry.k8s.io/pause:3.10"])),
+            node: Some(json!({ "role": "init", "name": "cp-1", "control_plane_endpoint": "10.0.0.10:6443" })),
+            secrets: Some(json!(["bootstrap-token", "ca.crt", "ca.key"])),
             problems: vec![],
         }
     }
@@ -338,13 +356,20 @@ Users       ops
 Units       airlock-kubeadm-init.service (wanted by multi-user.target)
             airlock-import-images.service (required by kubelet.service)
 Files       42 in the root filesystem and 6 on the ESP with recorded sha256
-Kubernetes  version: v1.31.4
-Containerd  1.7.24
+Kubernetes  version: 1.31.4
+            cluster_name: prod
+            kubeadm_api: kubeadm.k8s.io/v1beta4
+Containerd  version: 1.7.24
+            config_version: 2
+            source: release
 Node        name: cp-1
-            role: control-plane
-Images      registry.k8s.io/pause:3.10
-            registry.k8s.io/etcd:3.5.15-0
-Secrets     mode: 0600, path: /etc/kubernetes/pki/ca.key
+            role: init (the first control plane: kubeadm init)
+            control_plane_endpoint: 10.0.0.10:6443
+Images      registry.k8s.io/etcd:3.5.15-0
+            registry.k8s.io/pause:3.10
+Secrets     bootstrap-token
+            ca.crt
+            ca.key
 ";
         similar_asserts::assert_eq!(render(&report()), want);
     }

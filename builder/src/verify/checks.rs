@@ -239,6 +239,61 @@ pub(super) fn root_file(fs: &Ext4, rec: &FileRecord) -> CheckResult {
     }
 }
 
+/// Every range of the block map `map` (read from `shown`) against the
+/// image's bytes: the ranges a writer copies are the ones the map vouches
+/// for. The first bad range is named, with how many more there are.
+pub(super) fn block_map(img: &Image, map: &crate::bmap::Bmap, shown: &str) -> CheckResult {
+    use std::os::unix::fs::FileExt;
+    let subject = format!("block map {shown}");
+    let size = img.size()?;
+    if size != map.image_size {
+        return Ok(Err(Failure::new(
+            subject,
+            format!(
+                "describes an image of {} bytes, but the image has {size}",
+                map.image_size
+            ),
+        )));
+    }
+    let f = img.file();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut bad: Vec<String> = Vec::new();
+    for r in &map.ranges {
+        let (start, len) = map.bytes(r);
+        let mut h = Sha256::new();
+        let mut off = start;
+        while off < start + len {
+            let n = ((start + len - off) as usize).min(buf.len());
+            f.read_exact_at(&mut buf[..n], off)
+                .with_context(|| format!("reading {} at offset {off}", img.path.display()))?;
+            h.update(&buf[..n]);
+            off += n as u64;
+        }
+        let got = hex::encode(h.finalize());
+        if got != r.sha256 {
+            bad.push(format!(
+                "blocks {}-{} (bytes {start} to {}) have sha256 {got}, the map says {}",
+                r.first,
+                r.last,
+                start + len,
+                r.sha256
+            ));
+        }
+    }
+    match bad.len() {
+        0 => Ok(Ok(())),
+        1 => Ok(Err(Failure::new(subject, bad.remove(0)))),
+        n => Ok(Err(Failure::new(
+            subject,
+            format!(
+                "{n} of {} ranges differ; the first: {}",
+                map.ranges.len(),
+                bad[0]
+            ),
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

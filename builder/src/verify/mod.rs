@@ -86,6 +86,8 @@ pub struct Report {
     pub image: PathBuf,
     pub kind: image::Kind,
     pub manifest: ManifestSource,
+    /// The block map beside the image that its ranges were checked with.
+    pub bmap: Option<PathBuf>,
     /// Checks that passed.
     pub passed: Vec<Passed>,
     pub failures: Vec<Failure>,
@@ -108,6 +110,7 @@ pub fn verify(path: &Path, manifest: Option<&Path>, progress: bool) -> Result<Re
     };
 
     let gpt = v.one("GPT", || check_gpt(&img))?;
+    let bmap = block_map(&img, &mut v)?;
     let external = external_manifest(path, manifest)?;
     let layout = external.as_ref().and_then(|(m, _, _)| m.disk.clone());
     let (esp, root) = locate(gpt.as_ref(), layout.as_ref());
@@ -197,6 +200,7 @@ pub fn verify(path: &Path, manifest: Option<&Path>, progress: bool) -> Result<Re
         image: path.to_path_buf(),
         kind: img.kind,
         manifest: source,
+        bmap,
         passed: v.passed,
         failures: v.failures,
     })
@@ -257,6 +261,29 @@ fn check_gpt(img: &Image) -> Result<Result<GptInfo, Failure>> {
             format!("{e:#} (a stick written with dd keeps the backup GPT at the image's end; `sgdisk -e` moves it)"),
         )
     }))
+}
+
+/// Checks an image file against the block map beside it (found as `write`
+/// and bmaptool find it), if there is one; returns the map's path.
+fn block_map(img: &Image, v: &mut Verifier) -> Result<Option<PathBuf>> {
+    if !matches!(img.kind, image::Kind::Raw | image::Kind::RawZst) {
+        return Ok(None);
+    }
+    let Some(p) = crate::bmap::candidates(&img.path)
+        .into_iter()
+        .find(|p| p.is_file())
+    else {
+        return Ok(None);
+    };
+    let shown = p.display().to_string();
+    let loaded = crate::bmap::check_sums(&p).and_then(|_| crate::bmap::Bmap::load(&p));
+    match loaded {
+        Ok(map) => v.record("block map", checks::block_map(img, &map, &shown)?),
+        Err(e) => v
+            .failures
+            .push(Failure::new(format!("block map {shown}"), format!("{e:#}"))),
+    }
+    Ok(Some(p))
 }
 
 /// The ESP and root ranges: from the partition table, else the manifest.
@@ -320,6 +347,9 @@ pub fn render(r: &Report) -> String {
         kind_name(r.kind)
     ));
     s.push_str(&format!("manifest: {}\n", r.manifest));
+    if let Some(b) = &r.bmap {
+        s.push_str(&format!("bmap:     {}\n", b.display()));
+    }
     for p in &r.passed {
         if p.count == 1 {
             s.push_str(&format!("ok       {}\n", p.check));
@@ -361,6 +391,7 @@ mod tests {
             manifest: ManifestSource::File {
                 path: "out/tiny/manifest.json".into(),
             },
+            bmap: None,
             passed: vec![
                 Passed {
                     check: "GPT".into(),

@@ -2,13 +2,14 @@
 //! The copy and the read-back.
 //!
 //! A reader thread reads (or decompresses) the mapped ranges of the image in
-//! chunks, checks each range against the block map's sha256, lays the GPT
-//! patches over it and hands the chunks to the writer, which writes them in
-//! order. The chunk holding the partition table is kept back and written
-//! last, after everything else has been flushed, so an interrupted write
-//! leaves a disk with no partition table rather than a half-written one that
-//! looks bootable. The read-back reads every written range from the target
-//! (past the page cache) and compares its sha256 with what was written.
+//! chunks; the next thread checks each range against the block map's
+//! sha256, lays the GPT patches over it and hands the chunks to a writer
+//! thread, which writes them in order while the next chunk is hashed. The
+//! chunk holding the partition table is kept back and written last, after
+//! everything else has been flushed, so an interrupted write leaves a disk
+//! with no partition table rather than a half-written one that looks
+//! bootable. The read-back reads every written range from the target (past
+//! the page cache) and compares its sha256 with what was written.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,12 +20,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
-use super::gpt::Relocation;
+use super::gpt::{self, Relocation};
 use super::source::Source;
 use super::target::{AlignedBuf, Target};
 use crate::bmap::Bmap;
 
-/// Bytes per read and write.
 /// Bytes per read and write of the copy: small enough that a chunk read
 /// from the page cache is still in the CPU cache when it is hashed and
 /// written (4 MiB chunks made the copy half as fast).
@@ -64,7 +64,79 @@ pub(crate) struct Names<'a> {
     pub(crate) target: &'a str,
 }
 
-/// A chunk of range `range` of the block map, as read from the image.
+/// A stretch of the image to copy: one of the block map's ranges (whose
+/// bytes are checked against the map's sha256), or a part of the GPT areas
+/// that the map does not list. A map from elsewhere may leave out the
+/// partition tables, but they are always written and read back: a disk
+/// with new data under an old partition table must never result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub(crate) off: u64,
+    pub(crate) len: u64,
+    /// The block map range, if it is one.
+    pub(crate) range: Option<usize>,
+}
+
+/// The block map's ranges and the unlisted blocks of the image's GPT areas
+/// (primary and backup), in order.
+pub(crate) fn runs(bmap: &Bmap) -> Vec<Run> {
+    let bs = bmap.block_size.max(1);
+    let size = bmap.image_size;
+    let mut out: Vec<Run> = bmap
+        .ranges
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (off, len) = bmap.bytes(r);
+            Run {
+                off,
+                len,
+                range: Some(i),
+            }
+        })
+        .collect();
+    let mut areas = vec![(0, gpt::HEAD.min(size))];
+    if size >= gpt::HEAD + gpt::BACKUP {
+        areas.push((size - gpt::BACKUP, size));
+    }
+    for (s, e) in areas {
+        // Whole blocks, as the map counts them.
+        let (mut at, end) = (s / bs * bs, e.div_ceil(bs).saturating_mul(bs).min(size));
+        let mut mapped: Vec<(u64, u64)> = out
+            .iter()
+            .map(|r| (r.off, r.off + r.len))
+            .filter(|&(a, b)| a < end && b > at)
+            .collect();
+        mapped.sort();
+        for (a, b) in mapped {
+            if a > at {
+                out.push(Run {
+                    off: at,
+                    len: a - at,
+                    range: None,
+                });
+            }
+            at = at.max(b);
+        }
+        if at < end {
+            out.push(Run {
+                off: at,
+                len: end - at,
+                range: None,
+            });
+        }
+    }
+    out.sort_by_key(|r| r.off);
+    out.dedup();
+    out
+}
+
+/// Bytes [`copy`] sends: the mapped bytes and any unlisted GPT blocks.
+pub(crate) fn total(bmap: &Bmap) -> u64 {
+    runs(bmap).iter().map(|r| r.len).sum()
+}
+
+/// A chunk of run `range` of [`runs`], as read from the image.
 enum Msg {
     Chunk {
         range: usize,
@@ -103,12 +175,12 @@ fn is_zero(b: &[u8]) -> bool {
 fn read_ranges(
     source: &mut dyn Source,
     bmap: &Bmap,
+    runs: &[Run],
     tx: &SyncSender<Result<Msg>>,
     pool: &Receiver<AlignedBuf>,
 ) -> Result<()> {
-    for (range, r) in bmap.ranges.iter().enumerate() {
-        let (start, len) = bmap.bytes(r);
-        let parts: Vec<_> = chunks(start, len).collect();
+    for (range, r) in runs.iter().enumerate() {
+        let parts: Vec<_> = chunks(r.off, r.len).collect();
         let last = parts.len() - 1;
         for (k, (off, n)) in parts.into_iter().enumerate() {
             let Ok(mut buf) = pool.recv() else {
@@ -134,6 +206,7 @@ fn read_ranges(
 /// the block map, and (where the GPT is patched) the bytes written.
 struct RangeHash<'a> {
     bmap: &'a Bmap,
+    runs: &'a [Run],
     reloc: Option<&'a Relocation>,
     names: &'a Names<'a>,
     src: Sha256,
@@ -141,15 +214,20 @@ struct RangeHash<'a> {
 }
 
 impl RangeHash<'_> {
-    /// Hashes `buf` (the chunk at `off` of range `r`), patches it, and at
-    /// the range's end returns what the read-back must find there.
+    /// Hashes `buf` (the chunk at `off` of run `r`), patches it, and at
+    /// the run's end returns what the read-back must find there.
     fn chunk(&mut self, r: usize, last: bool, off: u64, buf: &mut [u8]) -> Result<Option<Check>> {
         let (bmap, names) = (self.bmap, self.names);
-        let range = &bmap.ranges[r];
-        let (start, len) = bmap.bytes(range);
-        self.src.update(&*buf);
-        if let Some(p) = self.reloc.filter(|p| p.touches(start, len)) {
+        let run = self.runs[r];
+        let (start, len) = (run.off, run.len);
+        if run.range.is_some() {
+            self.src.update(&*buf);
+        }
+        let patch = self.reloc.filter(|p| p.touches(start, len));
+        if let Some(p) = patch {
             p.apply(off, buf);
+        }
+        if patch.is_some() || run.range.is_none() {
             self.patched.get_or_insert_with(Sha256::new).update(&*buf);
         }
         if !last {
@@ -157,6 +235,18 @@ impl RangeHash<'_> {
         }
         let src = std::mem::take(&mut self.src);
         let patched = self.patched.take();
+        let Some(i) = run.range else {
+            return Ok(Some(Check {
+                off: start,
+                len,
+                sha256: patched.expect("hashed above").finalize().into(),
+                what: format!(
+                    "bytes {start} to {} (partition table, not in the block map)",
+                    start + len
+                ),
+            }));
+        };
+        let range = &bmap.ranges[i];
         let got = hex::encode(src.finalize());
         if got != range.sha256 {
             bail!(
@@ -207,11 +297,11 @@ pub(crate) fn copy(
     bar: &ProgressBar,
 ) -> Result<Copied> {
     let mut out = Copied::default();
-    let head_len = bmap
-        .ranges
+    let runs = runs(bmap);
+    let head_len = runs
         .first()
-        .filter(|r| r.first == 0)
-        .map(|r| bmap.bytes(r).1.min(CHUNK as u64));
+        .filter(|r| r.off == 0)
+        .map(|r| r.len.min(CHUNK as u64));
     if let (Some(t), Some(n)) = (target.as_deref_mut(), head_len) {
         // First, the old partition table goes, so an interrupted write
         // leaves nothing that looks like a disk.
@@ -227,68 +317,69 @@ pub(crate) fn copy(
         })?;
     }
     let mut held: Option<(AlignedBuf, usize)> = None;
-    let mut synced_to = 0u64;
-    let mut last_end = 0u64;
+    let mut w = Written::default();
     std::thread::scope(|s| -> Result<()> {
         let (tx, rx) = sync_channel::<Result<Msg>>(DEPTH);
         let (ret, pool): (Sender<AlignedBuf>, Receiver<AlignedBuf>) = channel();
-        for _ in 0..DEPTH + 2 {
+        for _ in 0..2 * DEPTH + 2 {
             ret.send(AlignedBuf::new(CHUNK)).expect("the pool is open");
         }
         let src = &mut source;
+        let plan = &runs;
         s.spawn(move || {
-            if let Err(e) = read_ranges(src.as_mut(), bmap, &tx, &pool) {
+            if let Err(e) = read_ranges(src.as_mut(), bmap, plan, &tx, &pool) {
                 let _ = tx.send(Err(e));
             }
         });
+        // The writes run in a thread of their own, so that hashing the next
+        // chunk overlaps writing this one (with O_DIRECT a write waits for
+        // the device).
+        let (wtx, wrx) = sync_channel::<(u64, usize, AlignedBuf)>(DEPTH);
+        let writer = target.as_deref_mut().map(|t| {
+            let ret = ret.clone();
+            s.spawn(move || write_chunks(t, &wrx, &ret, names))
+        });
         let mut hash = RangeHash {
             bmap,
+            runs: &runs,
             reloc,
             names,
             src: Sha256::new(),
             patched: None,
         };
-        for msg in rx {
-            let Msg::Chunk {
-                range,
-                last,
-                off,
-                n,
-                mut buf,
-            } = msg?;
-            if let Some(c) = hash.chunk(range, last, off, buf.get_mut(n))? {
-                out.checks.push(c);
+        let hashed = (|| -> Result<()> {
+            for msg in rx {
+                let Msg::Chunk {
+                    range,
+                    last,
+                    off,
+                    n,
+                    mut buf,
+                } = msg?;
+                if let Some(c) = hash.chunk(range, last, off, buf.get_mut(n))? {
+                    out.checks.push(c);
+                }
+                bar.inc(n as u64);
+                if writer.is_none() {
+                    let _ = ret.send(buf);
+                } else if off == 0 {
+                    held = Some((buf, n));
+                    let _ = ret.send(AlignedBuf::new(CHUNK));
+                } else if wtx.send((off, n, buf)).is_err() {
+                    break; // The writer failed; its error is returned below.
+                }
             }
-            bar.inc(n as u64);
-            let Some(t) = target.as_deref_mut() else {
-                let _ = ret.send(buf);
-                continue;
-            };
-            if off == 0 {
-                held = Some((buf, n));
-                let _ = ret.send(AlignedBuf::new(CHUNK));
-                continue;
-            }
-            let data = buf.get(n);
-            let zeroed = is_zero(data)
-                && t.zero(off, n as u64)
-                    .map_err(|e| write_err(names, off, n, e))?;
-            if zeroed {
-                out.zeroed += n as u64;
-            } else {
-                t.write_at(data, off)
-                    .map_err(|(o, e)| write_err(names, o, n, e))?;
-                out.written += n as u64;
-            }
-            last_end = off + n as u64;
-            if t.writes_through() && last_end - synced_to >= SYNC_EVERY {
-                flush(t, names, synced_to, last_end)?;
-                synced_to = last_end;
-            }
-            let _ = ret.send(buf);
+            Ok(())
+        })();
+        drop(wtx);
+        if let Some(h) = writer {
+            w = h.join().expect("the writer thread panicked")?;
         }
-        Ok(())
+        hashed
     })?;
+    out.written = w.written;
+    out.zeroed = w.zeroed;
+    let (synced_to, mut last_end) = (w.synced_to, w.last_end);
     let Some(t) = target else { return Ok(out) };
     if let Some((at, tail)) = reloc.and_then(|r| r.tail.as_ref()) {
         t.write_at(tail, *at)
@@ -312,6 +403,46 @@ pub(crate) fn copy(
     Ok(out)
 }
 
+/// What the writer thread did.
+#[derive(Debug, Default)]
+struct Written {
+    written: u64,
+    zeroed: u64,
+    synced_to: u64,
+    last_end: u64,
+}
+
+/// Writes (or zeroes in place) the chunks it is sent, in order, flushing
+/// every [`SYNC_EVERY`] bytes when writes bypass the page cache.
+fn write_chunks(
+    t: &mut dyn Target,
+    jobs: &Receiver<(u64, usize, AlignedBuf)>,
+    ret: &Sender<AlignedBuf>,
+    names: &Names,
+) -> Result<Written> {
+    let mut w = Written::default();
+    for (off, n, buf) in jobs {
+        let data = buf.get(n);
+        let zeroed = is_zero(data)
+            && t.zero(off, n as u64)
+                .map_err(|e| write_err(names, off, n, e))?;
+        if zeroed {
+            w.zeroed += n as u64;
+        } else {
+            t.write_at(data, off)
+                .map_err(|(o, e)| write_err(names, o, n, e))?;
+            w.written += n as u64;
+        }
+        w.last_end = off + n as u64;
+        if t.writes_through() && w.last_end - w.synced_to >= SYNC_EVERY {
+            flush(t, names, w.synced_to, w.last_end)?;
+            w.synced_to = w.last_end;
+        }
+        let _ = ret.send(buf);
+    }
+    Ok(w)
+}
+
 fn flush(t: &mut dyn Target, names: &Names, from: u64, to: u64) -> Result<()> {
     t.sync().map_err(|e| {
         anyhow!(
@@ -329,7 +460,8 @@ pub(crate) struct Mismatch {
     pub(crate) count: usize,
 }
 
-/// Reads every checked range back from `target` and compares sha256s.
+/// Reads every checked range back from `target` and compares sha256s;
+/// returns the bytes compared, and the first mismatch.
 ///
 /// [`READERS`] threads read chunks (keeping several reads in flight, which
 /// most devices need for full speed); this thread hashes them in order.
@@ -338,7 +470,7 @@ pub(crate) fn read_back(
     checks: &[Check],
     names: &Names,
     bar: &ProgressBar,
-) -> Result<Option<Mismatch>> {
+) -> Result<(u64, Option<Mismatch>)> {
     target
         .drop_cache()
         .map_err(|e| anyhow!("dropping the cached pages of {}: {e}", names.target))?;
@@ -359,6 +491,7 @@ pub(crate) fn read_back(
     let next = AtomicUsize::new(0);
     let mut first: Option<Check> = None;
     let mut count = 0;
+    let mut compared = 0u64;
     let (ret, pool) = channel::<AlignedBuf>();
     for _ in 0..DEPTH + READERS {
         ret.send(AlignedBuf::new(READ_BACK_CHUNK))
@@ -407,6 +540,7 @@ pub(crate) fn read_back(
             while let Some(buf) = waiting.remove(&want) {
                 let (i, last, _, n) = work[want];
                 h.update(buf.get(n));
+                compared += n as u64;
                 bar.inc(n as u64);
                 let _ = ret.send(buf);
                 if last {
@@ -424,7 +558,7 @@ pub(crate) fn read_back(
         }
         Ok(())
     })?;
-    Ok(first.map(|check| Mismatch { check, count }))
+    Ok((compared, first.map(|check| Mismatch { check, count })))
 }
 
 /// The first offset in `check` where the target's bytes differ from the

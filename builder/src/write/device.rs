@@ -108,7 +108,28 @@ pub(crate) fn identify(host: &Host, path: &Path) -> Result<Kind> {
             path.display()
         );
     }
-    let dev = meta.rdev();
+    let (name, devno) = block_name(host, path, meta.rdev())?;
+    Ok(Kind::Block(name, devno))
+}
+
+/// The kernel name and device number of the block device open as `file`:
+/// what the checks and the prompt describe is what the descriptor reaches,
+/// whatever the path has come to point at since.
+pub(crate) fn identify_fd(
+    host: &Host,
+    path: &Path,
+    file: &fs::File,
+) -> Result<(String, (u32, u32))> {
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading the open {}", path.display()))?;
+    if !meta.file_type().is_block_device() {
+        bail!("{} is no longer a block device", path.display());
+    }
+    block_name(host, path, meta.rdev())
+}
+
+fn block_name(host: &Host, path: &Path, dev: u64) -> Result<(String, (u32, u32))> {
     let devno = (rustix::fs::major(dev), rustix::fs::minor(dev));
     let dir = host.by_devno(devno);
     let real = fs::canonicalize(&dir).with_context(|| {
@@ -120,8 +141,7 @@ pub(crate) fn identify(host: &Host, path: &Path) -> Result<Kind> {
             dir.display()
         )
     })?;
-    let name = file_name(&real);
-    Ok(Kind::Block(name, devno))
+    Ok((file_name(&real), devno))
 }
 
 fn file_name(p: &Path) -> String {
@@ -476,8 +496,9 @@ pub(crate) fn describe(
 }
 
 /// One line per used partition of a GPT read from the device, if any.
-pub(crate) fn gpt_lines(file: &mut fs::File) -> Option<Vec<String>> {
-    let gpt = gptman::GPT::find_from(file).ok()?;
+pub(crate) fn gpt_lines(file: &fs::File) -> Option<Vec<String>> {
+    let mut reader = file;
+    let gpt = gptman::GPT::find_from(&mut reader).ok()?;
     let ss = gpt.sector_size;
     Some(
         gpt.iter()

@@ -17,7 +17,7 @@ const SECTOR: u64 = 512;
 /// Protective MBR, primary header and 32 sectors of entries.
 pub(crate) const HEAD: u64 = 34 * SECTOR;
 /// The backup entries and header.
-const BACKUP: u64 = 33 * SECTOR;
+pub(crate) const BACKUP: u64 = 33 * SECTOR;
 /// How much of the device's end is rewritten (zeros, then the backup GPT),
 /// so old signatures near the end (md, a stale GPT) are gone too.
 const TAIL_ZONE: u64 = 1 << 20;

@@ -73,7 +73,11 @@ pub struct Summary {
     pub backup_gpt_moved: bool,
     pub direct_io: bool,
     pub write_seconds: f64,
+    /// Whether every written range was read back from the target and
+    /// matched (false with --no-verify).
     pub verified: bool,
+    /// Bytes read back and compared.
+    pub bytes_verified: u64,
     pub verify_seconds: f64,
 }
 
@@ -167,20 +171,39 @@ struct Opened {
 fn open_target(o: &WriteOptions, host: &Host, kind: &Kind, image_size: u64) -> Result<Opened> {
     let shown = o.device.display();
     match kind {
-        Kind::Block(name, devno) => {
-            device::check(host, &o.device, name, *devno, image_size, o.force)?;
-            let gpt = fs::File::open(&o.device)
-                .ok()
-                .and_then(|mut f| device::gpt_lines(&mut f));
+        Kind::Block(..) => {
+            // Opened first, then checked and shown: the disk the person
+            // confirms is the one written, whatever the path names by then.
+            let target = match FileTarget::open_device(&o.device) {
+                Ok(t) => t,
+                Err(e) => {
+                    // Busy: say why, if the checks can tell (a mounted
+                    // partition, swap, a mapping), before the bare errno.
+                    if let Kind::Block(name, devno) = kind {
+                        device::check(host, &o.device, name, *devno, image_size, o.force)?;
+                    }
+                    let why = if e.raw_os_error() == Some(libc::EBUSY) {
+                        "it is busy: mounted, or opened exclusively by another program (a \
+                         mount, an installer, another airlock write); close that first"
+                    } else {
+                        "it cannot be opened for writing"
+                    };
+                    bail!("refusing to write to {shown}: {why} ({e})");
+                }
+            };
+            let (name, devno) = device::identify_fd(host, &o.device, target.file())?;
+            device::check(host, &o.device, &name, devno, image_size, o.force)?;
+            if let Some(why) = device::holds_image(host, &name, &o.image) {
+                bail!(
+                    "refusing to write {} to {shown}: {why}, so writing would destroy the image",
+                    o.image.display()
+                );
+            }
+            let gpt = device::gpt_lines(target.file());
             confirm(
                 o,
-                &device::describe(host, &o.device, name, *devno, gpt.as_deref()),
+                &device::describe(host, &o.device, &name, devno, gpt.as_deref()),
             )?;
-            let target = FileTarget::open_device(&o.device).map_err(|e| {
-                e.context(format!(
-                    "{shown} is busy (mounted or claimed by another program) or cannot be opened"
-                ))
-            })?;
             let size = target
                 .file()
                 .seek(SeekFrom::End(0))
@@ -286,15 +309,6 @@ pub fn run(o: &WriteOptions) -> Result<Summary> {
             o.device.display()
         );
     }
-    if let Kind::Block(name, _) = &kind {
-        if let Some(why) = device::holds_image(&host, name, &o.image) {
-            bail!(
-                "refusing to write {} to {}: {why}, so writing would destroy the image",
-                o.image.display(),
-                o.device.display()
-            );
-        }
-    }
     if o.verify_only {
         return verify_only(o, &bmap, bmap_path, format, &kind, &progress);
     }
@@ -311,52 +325,18 @@ pub fn run(o: &WriteOptions) -> Result<Summary> {
         target: &names_target,
     };
 
-    progress.step(&format!(
-        "writing {} of {} to {}",
-        human(bmap.mapped_bytes()),
-        o.image.display(),
-        o.device.display()
-    ));
-    let start = Instant::now();
-    let bar = progress.bytes(bmap.mapped_bytes(), "writing");
-    let src = source::open(&o.image, format)?;
-    let copied = copy::copy(
-        src,
+    let done = match write_and_verify(
+        o,
+        format,
         &bmap,
         reloc.as_ref(),
-        Some(&mut opened.target),
+        &mut opened.target,
         &names,
-        &bar,
-    );
-    bar.finish_and_clear();
-    let copied = match copied {
-        Ok(c) => c,
+        &progress,
+    ) {
+        Ok(d) => d,
         Err(e) => return Err(wipe(&mut opened, &names, e)),
     };
-    let write_seconds = start.elapsed().as_secs_f64();
-
-    let mut verify_seconds = 0.0;
-    if o.verify {
-        progress.step(&format!(
-            "reading {} back from {}",
-            human(copied_len(&copied)),
-            o.device.display()
-        ));
-        let start = Instant::now();
-        if let Err(e) = verify(
-            o,
-            format,
-            reloc.as_ref(),
-            &copied.checks,
-            &mut opened.target,
-            &names,
-            &progress,
-            bmap.image_size,
-        ) {
-            return Err(wipe(&mut opened, &names, e));
-        }
-        verify_seconds = start.elapsed().as_secs_f64();
-    }
     let direct_io = opened.target.is_direct();
     let block = opened.block;
     if let Some(tmp) = opened.temp.take() {
@@ -377,14 +357,88 @@ pub fn run(o: &WriteOptions) -> Result<Summary> {
         image_size: bmap.image_size,
         device_size: opened.size,
         mapped_bytes: bmap.mapped_bytes(),
-        bytes_written: copied.written,
-        bytes_zeroed: copied.zeroed,
+        bytes_written: done.copied.written,
+        bytes_zeroed: done.copied.zeroed,
         backup_gpt_moved: reloc.is_some(),
         direct_io,
-        write_seconds,
-        verified: o.verify,
-        verify_seconds,
+        write_seconds: done.write_seconds,
+        verified: done.verified(),
+        bytes_verified: done.bytes_verified,
+        verify_seconds: done.verify_seconds,
     })
+}
+
+/// What the copy and the read-back did.
+#[derive(Debug)]
+struct Done {
+    copied: Copied,
+    write_seconds: f64,
+    /// Bytes read back from the target and found equal to what was
+    /// written; 0 when the read-back did not run.
+    bytes_verified: u64,
+    verify_seconds: f64,
+}
+
+impl Done {
+    /// Whether every written range was read back and matched: the summary
+    /// says "verified" only for a read-back that ran over all of it.
+    fn verified(&self) -> bool {
+        let written = copied_len(&self.copied);
+        written > 0 && self.bytes_verified == written
+    }
+}
+
+/// Copies the image to `target`, then (unless `--no-verify`) reads every
+/// written range back.
+fn write_and_verify(
+    o: &WriteOptions,
+    format: Format,
+    bmap: &Bmap,
+    reloc: Option<&Relocation>,
+    target: &mut dyn Target,
+    names: &Names,
+    progress: &Progress,
+) -> Result<Done> {
+    progress.step(&format!(
+        "writing {} of {} to {}",
+        human(copy::total(bmap)),
+        o.image.display(),
+        o.device.display()
+    ));
+    let start = Instant::now();
+    let bar = progress.bytes(copy::total(bmap), "writing");
+    let src = source::open(&o.image, format)?;
+    let copied = copy::copy(src, bmap, reloc, Some(&mut *target), names, &bar);
+    bar.finish_and_clear();
+    let copied = copied?;
+    let write_seconds = start.elapsed().as_secs_f64();
+    let mut done = Done {
+        copied,
+        write_seconds,
+        bytes_verified: 0,
+        verify_seconds: 0.0,
+    };
+    if !o.verify {
+        return Ok(done);
+    }
+    progress.step(&format!(
+        "reading {} back from {}",
+        human(copied_len(&done.copied)),
+        o.device.display()
+    ));
+    let start = Instant::now();
+    done.bytes_verified = verify(
+        o,
+        format,
+        reloc,
+        &done.copied.checks,
+        target,
+        names,
+        progress,
+        bmap.image_size,
+    )?;
+    done.verify_seconds = start.elapsed().as_secs_f64();
+    Ok(done)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -440,11 +494,12 @@ fn verify(
     names: &Names,
     progress: &Progress,
     image_size: u64,
-) -> Result<()> {
+) -> Result<u64> {
     let bar = progress.bytes(checks.iter().map(|c| c.len).sum(), "verifying");
     let m = copy::read_back(target, checks, names, &bar);
     bar.finish_and_clear();
-    let Some(m) = m? else { return Ok(()) };
+    let (read, m) = m?;
+    let Some(m) = m else { return Ok(read) };
     let c = &m.check;
     let first = if c.off >= image_size {
         let tail = reloc
@@ -528,7 +583,7 @@ fn verify_only(
     ));
     let start = Instant::now();
     // What the device must hold: the image as a write would lay it out.
-    let bar = progress.bytes(bmap.mapped_bytes(), "reading the image");
+    let bar = progress.bytes(copy::total(bmap), "reading the image");
     let expected = copy::copy(
         source::open(&o.image, format)?,
         bmap,
@@ -548,7 +603,7 @@ fn verify_only(
             what: "the backup GPT at the end of the device".into(),
         });
     }
-    verify(
+    let bytes_verified = verify(
         o,
         format,
         reloc.as_ref(),
@@ -558,6 +613,7 @@ fn verify_only(
         progress,
         bmap.image_size,
     )?;
+    let checked: u64 = checks.iter().map(|c| c.len).sum();
     Ok(Summary {
         image: o.image.clone(),
         device: o.device.clone(),
@@ -570,7 +626,8 @@ fn verify_only(
         backup_gpt_moved: reloc.is_some(),
         direct_io: target.is_direct(),
         write_seconds: 0.0,
-        verified: true,
+        verified: checked > 0 && bytes_verified == checked,
+        bytes_verified,
         verify_seconds: start.elapsed().as_secs_f64(),
     })
 }

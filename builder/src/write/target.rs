@@ -66,6 +66,15 @@ pub(crate) struct FileTarget {
     can_zero: bool,
 }
 
+/// Whether two descriptors reach the same device or file. (While the
+/// first is open, the kernel does not give its device number to a newly
+/// plugged disk.)
+fn same_disk(a: &File, b: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |f: &File| f.metadata().map(|m| (m.dev(), m.ino(), m.rdev())).ok();
+    id(a).is_some() && id(a) == id(b)
+}
+
 fn aligned(ptr: *const u8, len: usize, off: u64) -> bool {
     (ptr as usize) % ALIGN == 0 && len % ALIGN == 0 && off % ALIGN as u64 == 0
 }
@@ -73,20 +82,23 @@ fn aligned(ptr: *const u8, len: usize, off: u64) -> bool {
 impl FileTarget {
     /// Opens a block device for writing: exclusively (the kernel refuses if
     /// anything has it mounted or claimed) and, where it allows, a second
-    /// time with O_DIRECT.
-    pub(crate) fn open_device(path: &Path) -> Result<FileTarget> {
+    /// time with O_DIRECT. This is done once, before the device is checked
+    /// and shown, and everything later goes through these descriptors: a
+    /// path that comes to name another disk meanwhile (a stick swapped
+    /// during the prompt, a udev rename) changes nothing.
+    pub(crate) fn open_device(path: &Path) -> io::Result<FileTarget> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(libc::O_EXCL)
-            .open(path)
-            .with_context(|| format!("opening {} for writing (exclusively)", path.display()))?;
+            .open(path)?;
         let direct = OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(libc::O_DIRECT)
             .open(path)
-            .ok();
+            .ok()
+            .filter(|d| same_disk(&file, d));
         Ok(FileTarget {
             file,
             direct_writes: direct.is_some(),
@@ -111,19 +123,22 @@ impl FileTarget {
         })
     }
 
-    /// A regular file at `path`, written through the page cache and
-    /// flushed at the end (as fast as the kernel's writeback allows), and
-    /// read back with O_DIRECT where its filesystem allows that.
+    /// A regular file at `path`, written and read back with O_DIRECT
+    /// where its filesystem allows (no copy into the page cache, and the
+    /// final flush has little left to do), else through the page cache
+    /// and flushed at the end.
     pub(crate) fn from_file(file: File, path: &Path) -> FileTarget {
         let direct = OpenOptions::new()
             .read(true)
+            .write(true)
             .custom_flags(libc::O_DIRECT)
             .open(path)
-            .ok();
+            .ok()
+            .filter(|d| same_disk(&file, d));
         FileTarget {
             file,
+            direct_writes: direct.is_some(),
             direct,
-            direct_writes: false,
             can_zero: true,
         }
     }

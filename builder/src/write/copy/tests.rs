@@ -14,6 +14,9 @@ struct Mem {
     /// Fail a write that covers this offset, having written up to it.
     fail_write_at: Option<u64>,
     fail_sync: bool,
+    /// Store this byte flipped when a write covers it: a stick that
+    /// silently keeps something else than it was sent.
+    corrupt_at: Option<u64>,
     /// Offsets of the writes, and "sync" markers as u64::MAX.
     log: Vec<u64>,
 }
@@ -24,6 +27,9 @@ impl Target for Mem {
         let stop = self.fail_write_at.filter(|f| (off..end).contains(f));
         let upto = stop.unwrap_or(end);
         self.data[off as usize..upto as usize].copy_from_slice(&buf[..(upto - off) as usize]);
+        if let Some(c) = self.corrupt_at.filter(|c| (off..upto).contains(c)) {
+            self.data[c as usize] ^= 0x10;
+        }
         self.log.push(off);
         match stop {
             Some(f) => Err((f, io::Error::from_raw_os_error(libc::EIO))),
@@ -105,11 +111,9 @@ fn copies_mapped_ranges_only_and_writes_the_head_last() {
     assert_eq!(t.log[..2], [0, u64::MAX]);
     assert_eq!(t.log[t.log.len() - 3..], [u64::MAX, 0, u64::MAX]);
     assert_eq!(c.checks.len(), b.ranges.len());
-    assert!(
-        read_back(&mut t, &c.checks, &names(), &ProgressBar::hidden())
-            .unwrap()
-            .is_none()
-    );
+    let (compared, m) = read_back(&mut t, &c.checks, &names(), &ProgressBar::hidden()).unwrap();
+    assert!(m.is_none());
+    assert_eq!(compared, b.mapped_bytes());
 }
 
 #[test]
@@ -159,6 +163,7 @@ fn a_changed_byte_on_the_target_is_found() {
     t.data[bad] ^= 0x40;
     let m = read_back(&mut t, &c.checks, &names(), &ProgressBar::hidden())
         .unwrap()
+        .1
         .unwrap();
     assert_eq!(m.count, 1);
     assert!(m.check.off <= bad as u64 && bad as u64 <= m.check.off + m.check.len);
@@ -203,4 +208,123 @@ fn zero_detection() {
     v[4098] = 0;
     v[8] = 1;
     assert!(!is_zero(&v));
+}
+
+fn options(image: &Path, verify: bool) -> crate::write::WriteOptions {
+    crate::write::WriteOptions {
+        image: image.to_path_buf(),
+        device: "/dev/test".into(),
+        bmap: None,
+        yes: true,
+        force: false,
+        verify,
+        verify_only: false,
+        quiet: true,
+    }
+}
+
+#[test]
+fn verified_means_read_back_and_matched() {
+    let d = tempfile::tempdir().unwrap();
+    let (p, b) = image(d.path());
+    let bad = (6 << 20) + 4321;
+    let progress = crate::progress::Progress::quiet();
+    let go = |verify: bool, t: &mut Mem| {
+        crate::write::write_and_verify(
+            &options(&p, verify),
+            Format::Raw,
+            &b,
+            None,
+            t,
+            &names(),
+            &progress,
+        )
+    };
+    // A faithful target: everything written is read back and matches.
+    let mut t = Mem {
+        data: vec![0; SIZE as usize],
+        ..Default::default()
+    };
+    let done = go(true, &mut t).unwrap();
+    assert!(done.verified());
+    assert_eq!(done.bytes_verified, b.mapped_bytes());
+    // A target that keeps a wrong byte: --no-verify does not notice, and
+    // does not claim it checked.
+    let mut t = Mem {
+        data: vec![0; SIZE as usize],
+        corrupt_at: Some(bad),
+        ..Default::default()
+    };
+    let done = go(false, &mut t).unwrap();
+    assert!(!done.verified());
+    assert_eq!(done.bytes_verified, 0);
+    // The read-back does, and names the byte.
+    let mut t = Mem {
+        data: vec![0; SIZE as usize],
+        corrupt_at: Some(bad),
+        ..Default::default()
+    };
+    let err = format!("{:#}", go(true, &mut t).unwrap_err());
+    assert!(
+        err.contains(&format!("the first bad byte is at offset {bad}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn gpt_areas_a_map_leaves_out_are_still_written_and_read_back() {
+    let d = tempfile::tempdir().unwrap();
+    let (p, mut b) = image(d.path());
+    // A map from elsewhere listing only the middle of the image.
+    let img = std::fs::read(&p).unwrap();
+    let (first, last) = (1280u64, 2815u64);
+    let bytes = &img[(first * 4096) as usize..((last + 1) * 4096) as usize];
+    b.ranges = vec![crate::bmap::Range {
+        first,
+        last,
+        sha256: hex::encode(Sha256::digest(bytes)),
+    }];
+    let backup = SIZE - 5 * 4096;
+    assert_eq!(
+        runs(&b),
+        [
+            Run {
+                off: 0,
+                len: 5 * 4096,
+                range: None
+            },
+            Run {
+                off: first * 4096,
+                len: bytes.len() as u64,
+                range: Some(0)
+            },
+            Run {
+                off: backup,
+                len: 5 * 4096,
+                range: None
+            },
+        ]
+    );
+    let mut t = Mem {
+        data: vec![0xaa; SIZE as usize],
+        ..Default::default()
+    };
+    let c = run(&p, &b, &mut t).unwrap();
+    assert_eq!(c.written, bytes.len() as u64 + 10 * 4096);
+    assert_eq!(t.data[..5 * 4096], img[..5 * 4096]);
+    assert_eq!(t.data[backup as usize..], img[backup as usize..]);
+    assert_eq!(t.data[5 * 4096], 0xaa, "unlisted blocks are left alone");
+    // The head goes last, as for a mapped head.
+    assert_eq!(t.log[t.log.len() - 2..], [0, u64::MAX]);
+    t.data[SIZE as usize - 300] ^= 1;
+    let m = read_back(&mut t, &c.checks, &names(), &ProgressBar::hidden())
+        .unwrap()
+        .1
+        .unwrap();
+    assert_eq!(m.check.off, backup);
+    assert!(
+        m.check.what.contains("not in the block map"),
+        "{}",
+        m.check.what
+    );
 }
