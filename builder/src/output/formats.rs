@@ -153,8 +153,10 @@ pub fn convert(format: Format, raw: &Path, out: &Path, raw_sha256: &str) -> Resu
     Ok(())
 }
 
-/// Replaces the random `CID=xxxxxxxx` in a VMDK's embedded descriptor
-/// (within its first 64 KiB) with `cid`, eight lowercase hex digits.
+/// Replaces the random content ID in a VMDK's embedded descriptor with
+/// `cid` (eight hex digits). qemu-img writes the ID without leading zeros
+/// (`CID=%x`), so the value may be shorter than ours: the descriptor text is
+/// rewritten within its area (from the header), which is padded with NULs.
 fn pin_vmdk_cid(path: &Path, cid: &str) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let ctx = || format!("setting the content ID of {}", path.display());
@@ -163,23 +165,53 @@ fn pin_vmdk_cid(path: &Path, cid: &str) -> Result<()> {
         .write(true)
         .open(path)
         .with_context(ctx)?;
-    let mut head = vec![0u8; 64 << 10];
-    let n = f.read_at(&mut head, 0).with_context(ctx)?;
-    let at = find_cid(&head[..n])
+    let mut header = [0u8; 512];
+    f.read_exact_at(&mut header, 0).with_context(ctx)?;
+    let (off, len) = descriptor_area(&header)
+        .with_context(|| format!("{}: not a sparse VMDK with an embedded descriptor", ctx()))?;
+    let mut area = vec![0u8; len];
+    f.read_exact_at(&mut area, off).with_context(ctx)?;
+    let new = with_cid(&area, cid)
         .with_context(|| format!("{}: no CID= in the VMDK descriptor", ctx()))?;
-    f.write_all_at(cid.as_bytes(), at as u64)
-        .with_context(ctx)?;
+    f.write_all_at(&new, off).with_context(ctx)?;
     f.sync_all().with_context(ctx)
 }
 
-/// Offset of the 8 hex digits after `\nCID=` in a VMDK descriptor.
-fn find_cid(b: &[u8]) -> Option<usize> {
+/// Byte offset and length of the descriptor named by a sparse extent
+/// header (`KDMV`, descriptorOffset and descriptorSize in sectors), capped
+/// at 1 MiB.
+fn descriptor_area(h: &[u8; 512]) -> Option<(u64, usize)> {
+    if &h[..4] != b"KDMV" {
+        return None;
+    }
+    let word = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().unwrap());
+    let (off, size) = (word(28), word(36));
+    (off > 0 && size > 0 && size <= 2048).then(|| (off * 512, size as usize * 512))
+}
+
+/// The descriptor area with the `CID=` line set to `cid`, padded with NULs
+/// to the same length; `None` without a CID line or room for the text.
+fn with_cid(area: &[u8], cid: &str) -> Option<Vec<u8>> {
+    let text_end = area.iter().position(|&b| b == 0).unwrap_or(area.len());
+    let text = &area[..text_end];
     let key = b"\nCID=";
-    let i = b.windows(key.len()).position(|w| w == key)? + key.len();
-    b.get(i..i + 8)?
+    let start = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = text[start..]
         .iter()
-        .all(u8::is_ascii_hexdigit)
-        .then_some(i)
+        .take_while(|b| b.is_ascii_hexdigit())
+        .count();
+    if digits == 0 || digits > 8 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(area.len());
+    out.extend_from_slice(&text[..start]);
+    out.extend_from_slice(cid.as_bytes());
+    out.extend_from_slice(&text[start + digits..]);
+    if out.len() > area.len() {
+        return None;
+    }
+    out.resize(area.len(), 0);
+    Some(out)
 }
 
 #[cfg(test)]
@@ -214,11 +246,33 @@ mod tests {
     }
 
     #[test]
-    fn finds_the_vmdk_cid() {
-        let d = b"KDMV....# Disk DescriptorFile\nversion=1\nCID=5f248c17\nparentCID=ffffffff\n";
-        let i = find_cid(d).unwrap();
-        assert_eq!(&d[i..i + 8], b"5f248c17");
-        assert_eq!(find_cid(b"\nCID=xyz"), None);
+    fn sets_the_vmdk_cid_even_when_qemu_wrote_it_short() {
+        let text = b"# Disk DescriptorFile\nversion=1\nCID=5f248c17\nparentCID=ffffffff\n";
+        let mut area = text.to_vec();
+        area.resize(1024, 0);
+        let new = with_cid(&area, "0123abcd").unwrap();
+        assert_eq!(new.len(), 1024);
+        assert!(new.starts_with(
+            b"# Disk DescriptorFile\nversion=1\nCID=0123abcd\nparentCID=ffffffff\n\0"
+        ));
+        // qemu-img prints the ID with %x: a leading zero makes it shorter.
+        let short =
+            b"# Disk DescriptorFile\nversion=1\nCID=a24c17\nparentCID=ffffffff\ncreateType=\"x\"\n";
+        let mut area = short.to_vec();
+        area.resize(512, 0);
+        let new = with_cid(&area, "0123abcd").unwrap();
+        let end = new.iter().position(|&b| b == 0).unwrap();
+        assert_eq!(
+            &new[..end],
+            &b"# Disk DescriptorFile\nversion=1\nCID=0123abcd\nparentCID=ffffffff\ncreateType=\"x\"\n"[..]
+        );
+        assert_eq!(with_cid(b"\nCID=xyz\0\0", "0123abcd"), None);
+        assert_eq!(with_cid(b"\nCID=1\n", "0123abcd"), None, "no room");
+        let mut h = [0u8; 512];
+        h[..4].copy_from_slice(b"KDMV");
+        h[28..36].copy_from_slice(&1u64.to_le_bytes());
+        h[36..44].copy_from_slice(&20u64.to_le_bytes());
+        assert_eq!(descriptor_area(&h), Some((512, 20 * 512)));
     }
 
     #[test]
