@@ -137,10 +137,14 @@ pub fn make_root(opts: &Ext4Opts, staging: &Path, image: &Path) -> Result<()> {
         image.display()
     );
 
+    // Beside the image (a build's temporary folder), not in /tmp: an
+    // interrupted build's leftovers are then all in one place, which the
+    // next build removes.
+    let conf_dir = image.parent().filter(|p| !p.as_os_str().is_empty());
     let mut conf = tempfile::Builder::new()
         .prefix("airlock-mke2fs.")
         .suffix(".conf")
-        .tempfile()
+        .tempfile_in(conf_dir.unwrap_or(Path::new(".")))
         .context("creating the mke2fs config file")?;
     conf.write_all(MKE2FS_CONF.as_bytes())
         .and_then(|_| conf.flush())
