@@ -386,6 +386,17 @@ pub fn run(
     });
     settings.pause_image = list.pause.clone();
 
+    // containerd's CRI reports the pinned label to kubelet only from 1.7:
+    // before that, image garbage collection under disk pressure may delete
+    // preloaded images that no node can pull again.
+    if (cv.major, cv.minor) < (1, 7) {
+        log.note(format!(
+            "containerd {cv} ignores the pinned label airlock sets on preloaded images: under disk pressure \
+             kubelet's image garbage collection may delete them, and behind the gap they cannot be pulled again; \
+             use containerd 1.7 or later"
+        ));
+    }
+
     // containerd: its sandbox must be kubeadm's pause image.
     let ccfg = containerd::render(
         renderer,
