@@ -279,7 +279,8 @@ pub struct Node {
     pub control_plane_endpoint: Option<Spanned<String>>,
 }
 
-/// A permission mode written as an octal string ("0755") or an integer.
+/// A permission mode written as an octal string ("0755") or a TOML octal
+/// literal (0o755); a plain integer is refused in `validate` (`check_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(into = "String")]
 pub struct Mode(pub u32);
