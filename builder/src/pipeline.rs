@@ -140,7 +140,11 @@ fn context(opts: &BuildOptions) -> Result<Context> {
         Ok(v) => v
             .trim()
             .parse::<i64>()
-            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
+            .ok()
+            .filter(|e| recipe::epoch_problem(*e).is_none())
+            .with_context(|| {
+                format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds from 1970 to 2106")
+            })?,
         Err(_) => loaded.recipe.epoch.unwrap_or(recipe::DEFAULT_EPOCH),
     };
     let name = loaded.recipe.name.get_ref().clone();
@@ -342,14 +346,12 @@ fn layer_inputs(
 }
 
 fn find_kernel(cx: &Context, root: &Root, st: &mut Staged) -> Result<Kernel> {
-    let wanted = cx
-        .loaded
-        .recipe
-        .boot
-        .kernel
-        .as_ref()
-        .map(|k| k.get_ref().as_str());
-    let (k, note) = boot::find_kernel(root, wanted)?;
+    let wanted = cx.loaded.recipe.boot.kernel.as_ref();
+    let found = boot::find_kernel(root, wanted.map(|k| k.get_ref().as_str()));
+    let (k, note) = match wanted {
+        Some(w) => found.with_context(|| format!("{}: boot.kernel", cx.loaded.at(w)))?,
+        None => found?,
+    };
     if let Some(n) = note {
         cx.progress.note(&n);
         st.notes.push(n);
@@ -510,7 +512,7 @@ fn copy_overlays(cx: &Context, root: &Root) -> Result<()> {
 
 fn enable_units(cx: &Context, root: &Root) -> Result<()> {
     for u in &cx.loaded.recipe.systemd.enable {
-        units::enable(root, u, cx.epoch)?;
+        units::enable(root, u.get_ref(), cx.epoch).with_context(|| cx.loaded.at(u))?;
     }
     Ok(())
 }

@@ -785,3 +785,86 @@ fn interrupted_build_leaves_no_final_names() {
     assert!(left.is_empty(), "temporary folders pile up: {left:?}");
     assert!(out.join("tiny.raw").exists());
 }
+
+// --- Recipe validation (hostile-input trial): refused at load, before any
+// input is read, with the position of the offending value.
+
+#[test]
+fn hostile_recipe_values_are_refused_before_any_input_is_read() {
+    let fx = Fixture::new();
+    let good = fx.recipe_text();
+    let long_name = format!("name = \"{}\"", "n".repeat(300));
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            good.replace("mode = \"0750\"", "mode = 750"),
+            vec!["recipe.toml:17:8", "decimal", "mode = \"0750\""],
+        ),
+        (
+            good.replace(
+                "name = \"ops\"\n",
+                "name = \"ops\"\npassword_hash = \"hunter2\"\n",
+            ),
+            vec!["recipe.toml:43:17", "user ops", "mkpasswd -m yescrypt"],
+        ),
+        (
+            good.replace("path = \"/etc/motd\"", "path = \"/etc/hostname\""),
+            vec!["recipe.toml:29:8", "[node] hostname"],
+        ),
+        (
+            good.replace(
+                "[node]",
+                "[[user]]\nname = \"ops\"\npassword_hash = \"$5$abc$qsg6EHbUzHQzF1POlD7zUwBINSELQxypPaeDcZe6vH0\"\n\n[node]",
+            ),
+            vec!["recipe.toml:46:8", "already defined at", "recipe.toml:42:8"],
+        ),
+        (
+            good.replace("source = \"tool\"", "source = \"ftp://mirror/tool\""),
+            vec!["recipe.toml:14:10", "file.source", "https://, http://, file://"],
+        ),
+        (
+            good.replace("name = \"tiny\"", &long_name),
+            vec!["recipe.toml:1:8", "at most 64"],
+        ),
+        (
+            good.replace("epoch = 1700000000", "epoch = 5000000000"),
+            vec!["recipe.toml:4:9", "2106"],
+        ),
+        (
+            good.replace("esp_size = \"40MiB\"", "esp_size = \"160MiB\""),
+            vec!["recipe.toml:35:8", "disk.size", "too small"],
+        ),
+        (
+            good.replace("cmdline = [\"quiet\"]", "cmdline = [\"quiet\", \"root=/dev/sda2\"]"),
+            vec!["recipe.toml:39:21", "root=PARTUUID"],
+        ),
+    ];
+    for (text, words) in cases {
+        refused(&fx, &text, &words);
+        assert!(
+            !fx.path("cache").exists(),
+            "an input was read before the recipe was refused: {words:?}"
+        );
+    }
+}
+
+#[test]
+fn unit_and_kernel_missing_from_the_image_name_the_recipe_line() {
+    if !tools() {
+        return;
+    }
+    let fx = Fixture::new();
+    let good = fx.recipe_text();
+    refused(
+        &fx,
+        &good.replace(
+            "enable = [\"hello.service\"]",
+            "enable = [\"nope.service\"]",
+        ),
+        &["recipe.toml:32:11", "nope.service", "not in the image"],
+    );
+    refused(
+        &fx,
+        &good.replace("[boot]\n", "[boot]\nkernel = \"9.9.9-nope\"\n"),
+        &["recipe.toml:39:10", "boot.kernel", "9.9.9-nope"],
+    );
+}

@@ -87,14 +87,8 @@ pub struct DiskIds {
     pub root: Uuid,
 }
 
-/// Plans a disk of `size` bytes with an ESP of `esp_size` bytes at 1 MiB and
-/// the root partition filling the rest, up to the last whole MiB that leaves
-/// room for the backup GPT.
-pub fn plan(size: u64, esp_size: u64, ids: &DiskIds) -> Result<DiskLayout> {
-    ensure!(
-        size % ALIGN == 0,
-        "disk size {size} bytes is not a multiple of 1 MiB; round it to whole MiB"
-    );
+/// Checks an ESP size on its own: whole MiB, within what FAT32 can hold.
+pub fn check_esp(esp_size: u64) -> Result<()> {
     ensure!(
         esp_size % ALIGN == 0,
         "ESP size {esp_size} bytes is not a multiple of 1 MiB; round it to whole MiB"
@@ -112,8 +106,17 @@ pub fn plan(size: u64, esp_size: u64, ids: &DiskIds) -> Result<DiskLayout> {
         mib(esp_size),
         mib(MAX_ESP)
     );
-    check_ids(ids)?;
+    Ok(())
+}
 
+/// Checks that a disk of `size` bytes holds an ESP of `esp_size` (already
+/// checked with [`check_esp`]) and a root partition; returns the root's
+/// byte range. Pure arithmetic, so a recipe can be checked before the build.
+pub fn check_sizes(size: u64, esp_size: u64) -> Result<(u64, u64)> {
+    ensure!(
+        size % ALIGN == 0,
+        "disk size {size} bytes is not a multiple of 1 MiB; round it to whole MiB"
+    );
     let esp_start = ALIGN;
     let root_start = esp_start
         .checked_add(esp_size)
@@ -132,6 +135,17 @@ pub fn plan(size: u64, esp_size: u64, ids: &DiskIds) -> Result<DiskLayout> {
             mib(min_size)
         );
     }
+    Ok((root_start, root_end))
+}
+
+/// Plans a disk of `size` bytes with an ESP of `esp_size` bytes at 1 MiB and
+/// the root partition filling the rest, up to the last whole MiB that leaves
+/// room for the backup GPT.
+pub fn plan(size: u64, esp_size: u64, ids: &DiskIds) -> Result<DiskLayout> {
+    check_esp(esp_size)?;
+    let (root_start, root_end) = check_sizes(size, esp_size)?;
+    check_ids(ids)?;
+    let esp_start = ALIGN;
 
     Ok(DiskLayout {
         size,

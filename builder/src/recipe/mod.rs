@@ -4,9 +4,13 @@
 //! Parsing rejects unknown keys; every error names `file:line:column` and the
 //! key. Relative paths resolve against the recipe's directory.
 
+mod checks;
 pub mod lock;
 mod size;
+mod spans;
 
+use std::collections::BTreeMap;
+use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -19,6 +23,24 @@ pub use size::Size;
 /// Default timestamp clamp when neither SOURCE_DATE_EPOCH nor the recipe sets
 /// one: 2025-01-01T00:00:00Z. Any fixed value keeps builds reproducible.
 pub const DEFAULT_EPOCH: i64 = 1_735_689_600;
+
+/// Timestamps ext4 stores without the extra-epoch bits: 1970 to 2106.
+pub const EPOCH_RANGE: RangeInclusive<i64> = 0..=u32::MAX as i64;
+
+/// Longest image name: it names the output folder and files
+/// (`<name>.raw.zst`, ...), which must stay well inside NAME_MAX.
+pub const MAX_NAME: usize = 64;
+
+/// Why an epoch cannot be used, if it cannot.
+pub fn epoch_problem(e: i64) -> Option<String> {
+    (!EPOCH_RANGE.contains(&e)).then(|| {
+        format!(
+            "{e} is outside 1970-01-01..2106-02-07 ({}..={}), the timestamps ext4 stores",
+            EPOCH_RANGE.start(),
+            EPOCH_RANGE.end()
+        )
+    })
+}
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -78,7 +100,7 @@ pub struct Recipe {
 pub struct SystemdSpec {
     /// Units to enable, as `systemctl enable` would (from their [Install]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub enable: Vec<String>,
+    pub enable: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -257,7 +279,8 @@ pub struct Node {
     pub control_plane_endpoint: Option<Spanned<String>>,
 }
 
-/// A permission mode written as an octal string ("0755") or an integer.
+/// A permission mode written as an octal string ("0755") or a TOML octal
+/// literal (0o755); a plain integer is refused in `validate` (`check_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(into = "String")]
 pub struct Mode(pub u32);
@@ -326,7 +349,11 @@ pub struct Loaded {
 impl Loaded {
     /// `file:line:column` of a byte span in the recipe, for error messages.
     pub fn at<T>(&self, s: &Spanned<T>) -> String {
-        let span = s.span();
+        self.at_span(s.span())
+    }
+
+    /// `file:line:column` of a byte range in the recipe text.
+    pub fn at_span(&self, span: Range<usize>) -> String {
         if span.start == 0 && span.end == 0 {
             return format!("{} (default)", self.path.display());
         }
@@ -402,10 +429,18 @@ pub fn parse(path: &Path, text: String) -> Result<Loaded> {
     Ok(loaded)
 }
 
-/// Checks what serde cannot: digests, names, exclusive keys, destinations.
+/// Checks what serde cannot: digests, names, exclusive keys, destinations,
+/// and everything else that would otherwise fail (or silently go wrong)
+/// only after the base is unpacked.
 fn validate(l: &Loaded) -> Result<()> {
     let r = &l.recipe;
-    no_control_chars(l)?;
+    let spans = spans::Spans::of(&l.text)?;
+    // Position of a key path the typed recipe keeps no span for.
+    let at = |path: &str| match spans.span(path) {
+        Some(s) => l.at_span(s),
+        None => l.path.display().to_string(),
+    };
+    no_control_chars(l, &spans)?;
     let name = r.name.get_ref();
     if name.is_empty()
         || !name
@@ -417,6 +452,18 @@ fn validate(l: &Loaded) -> Result<()> {
             "{}: name {name:?} must be letters, digits, '-', '_' or '.' (it names output files)",
             l.at(&r.name)
         );
+    }
+    if name.len() > MAX_NAME {
+        bail!(
+            "{}: name is {} characters long: at most {MAX_NAME} (it names the output folder and files)",
+            l.at(&r.name),
+            name.len()
+        );
+    }
+    if let Some(e) = r.epoch {
+        if let Some(p) = epoch_problem(e) {
+            bail!("{}: epoch {p}", at("epoch"));
+        }
     }
     check_sha(l, "base.sha256", &r.base.sha256)?;
     match (&r.base.path, &r.base.url, &r.base.image) {
@@ -432,6 +479,9 @@ fn validate(l: &Loaded) -> Result<()> {
         ),
         _ => {}
     }
+    if let Some(u) = &r.base.url {
+        check_scheme(l, "base.url", u)?;
+    }
     if let Some(i) = &r.base.image {
         crate::registry::reference::Reference::parse(i.get_ref())
             .with_context(|| format!("{}: base.image", l.at(i)))?;
@@ -445,12 +495,15 @@ fn validate(l: &Loaded) -> Result<()> {
     }
     crate::registry::validate_mirrors(l, &r.mirrors)?;
     for f in &r.files {
+        check_scheme(l, "file.source", &f.source)?;
         check_sha(l, "file.sha256", &f.sha256)?;
         check_dest(l, "file.path", &f.path)?;
+        check_mode(l, "file.mode", &f.mode)?;
         parse_owner(f.owner.get_ref())
             .with_context(|| format!("{}: file.owner", l.at(&f.owner)))?;
     }
     for a in &r.archives {
+        check_scheme(l, "archive.source", &a.source)?;
         check_sha(l, "archive.sha256", &a.sha256)?;
         check_dest(l, "archive.dest", &a.dest)?;
         for m in &a.members {
@@ -460,6 +513,7 @@ fn validate(l: &Loaded) -> Result<()> {
     }
     for t in &r.templates {
         check_dest(l, "template.path", &t.path)?;
+        check_mode(l, "template.mode", &t.mode)?;
     }
     let host = r.node.hostname.get_ref();
     let host_ok = !host.is_empty()
@@ -473,7 +527,100 @@ fn validate(l: &Loaded) -> Result<()> {
             l.at(&r.node.hostname)
         );
     }
-    for u in &r.users {
+    check_users(l, &at)?;
+    check_destinations(l)?;
+    let label = r.disk.label.get_ref();
+    if label.is_empty() || label.len() > 16 {
+        bail!(
+            "{}: disk.label {label:?} must be 1 to 16 bytes (ext4 limit)",
+            l.at(&r.disk.label)
+        );
+    }
+    check_disk(l)?;
+    if let Some(k) = &r.boot.kernel {
+        if k.get_ref().contains('/') {
+            bail!(
+                "{}: boot.kernel is a version like \"6.1.0-28-amd64\", not a path",
+                l.at(k)
+            );
+        }
+    }
+    for (i, arg) in r.boot.cmdline.iter().enumerate() {
+        if arg.split_whitespace().any(|w| w.starts_with("root=")) {
+            bail!(
+                "{}: boot.cmdline entry {arg:?} sets root=: airlock boots the root partition by \
+                 root=PARTUUID=…, and a second root= overrides it, leaving an image that cannot \
+                 find its root; remove it",
+                at(&format!("boot.cmdline[{i}]"))
+            );
+        }
+    }
+    for u in &r.systemd.enable {
+        let v = u.get_ref();
+        let suffix_ok = v
+            .rsplit_once('.')
+            .is_some_and(|(stem, s)| !stem.is_empty() && UNIT_SUFFIXES.contains(&s));
+        if v.contains('/') || !suffix_ok {
+            bail!(
+                "{}: systemd.enable {v:?} is not a unit name like \"foo.service\" (a name, no \
+                 path, ending in .{})",
+                l.at(u),
+                UNIT_SUFFIXES.join(", .")
+            );
+        }
+    }
+    crate::kube::spec::validate(l)?;
+    // Inputs other sections add (kubernetes, containerd, cni, ...).
+    for i in l.inputs() {
+        if matches!(i.resolved, crate::inputs::Source::Image(_)) {
+            continue;
+        }
+        if let Some(p) = checks::scheme_problem(&i.source) {
+            bail!("{}: {} source {:?}: {p}", i.at, i.what, i.source);
+        }
+    }
+    Ok(())
+}
+
+/// Unit types `systemctl enable` can link from an [Install] section.
+const UNIT_SUFFIXES: &[&str] = &[
+    "service",
+    "socket",
+    "timer",
+    "path",
+    "target",
+    "mount",
+    "automount",
+    "swap",
+];
+
+fn check_scheme(l: &Loaded, key: &str, s: &Spanned<String>) -> Result<()> {
+    if let Some(p) = checks::scheme_problem(s.get_ref()) {
+        bail!("{}: {key} {:?}: {p}", l.at(s), s.get_ref());
+    }
+    Ok(())
+}
+
+/// A TOML integer mode is only unambiguous as an octal literal: `mode = 755`
+/// is the decimal 755 (0o1363, sticky and world-writable bits).
+fn check_mode(l: &Loaded, key: &str, m: &Spanned<Mode>) -> Result<()> {
+    let span = m.span();
+    let written = l.text.get(span.clone()).unwrap_or("");
+    let is_int = written.starts_with(|c: char| c.is_ascii_digit() || c == '+' || c == '-');
+    if span != (0..0) && is_int && !written.starts_with("0o") {
+        let digits = written.trim_start_matches('+');
+        bail!(
+            "{}: {key}: mode {written} is a decimal number: write it as a string, mode = \"0{digits}\" \
+             (or 0o{digits})",
+            l.at(m)
+        );
+    }
+    Ok(())
+}
+
+fn check_users(l: &Loaded, at: &dyn Fn(&str) -> String) -> Result<()> {
+    let mut seen: BTreeMap<&str, &Spanned<String>> = BTreeMap::new();
+    for (ui, u) in l.recipe.users.iter().enumerate() {
         let n = u.name.get_ref();
         let ok = !n.is_empty()
             && n.len() <= 32
@@ -487,12 +634,24 @@ fn validate(l: &Loaded) -> Result<()> {
                 l.at(&u.name)
             );
         }
+        if let Some(first) = seen.insert(n, &u.name) {
+            bail!(
+                "{}: user {n} is already defined at {}: each [[user]] adds one account; merge the two",
+                l.at(&u.name),
+                l.at(first)
+            );
+        }
         if let Some(h) = &u.password_hash {
-            if h.is_empty() || h.contains(':') || h.chars().any(char::is_whitespace) {
+            let problem = if h.is_empty() || h.contains(':') || h.chars().any(char::is_whitespace) {
+                Some("it must be one hash without ':' or spaces".to_string())
+            } else {
+                checks::password_hash_problem(h)
+            };
+            if let Some(p) = problem {
                 bail!(
-                    "{}: user {n}: password_hash must be one crypt(3) hash (e.g. from `mkpasswd -m yescrypt`) \
-                     without ':' or spaces; leave it out for key-only login",
-                    l.at(&u.name)
+                    "{}: user {n}: password_hash: {p}. Make one with `mkpasswd -m yescrypt` or \
+                     `openssl passwd -6`, or leave password_hash out for key-only login",
+                    at(&format!("user[{ui}].password_hash"))
                 );
             }
         }
@@ -508,75 +667,91 @@ fn validate(l: &Loaded) -> Result<()> {
                 );
             }
         }
-        for k in &u.ssh_authorized_keys {
-            if k.contains('\n') || k.split_whitespace().count() < 2 {
+        for (ki, k) in u.ssh_authorized_keys.iter().enumerate() {
+            let problem = if k.contains('\n') {
+                Some("it holds more than one line".to_string())
+            } else {
+                checks::ssh_key_problem(k)
+            };
+            if let Some(p) = problem {
                 bail!(
-                    "{}: user {n}: ssh_authorized_keys entry {k:?} is not one OpenSSH public key line",
-                    l.at(&u.name)
+                    "{}: user {n}: ssh_authorized_keys[{ki}] is not an OpenSSH public key line \
+                     (`<type> <base64> [comment]`, e.g. the contents of ~/.ssh/id_ed25519.pub): {p}",
+                    at(&format!("user[{ui}].ssh_authorized_keys[{ki}]"))
                 );
             }
         }
-    }
-    let label = r.disk.label.get_ref();
-    if label.is_empty() || label.len() > 16 {
-        bail!(
-            "{}: disk.label {label:?} must be 1 to 16 bytes (ext4 limit)",
-            l.at(&r.disk.label)
-        );
-    }
-    if let Some(k) = &r.boot.kernel {
-        if k.get_ref().contains('/') {
+        if u.ssh_authorized_keys.is_empty() && u.password_hash.is_none() {
             bail!(
-                "{}: boot.kernel is a version like \"6.1.0-28-amd64\", not a path",
-                l.at(k)
+                "{}: user {n} has neither ssh_authorized_keys nor password_hash, so nobody could \
+                 log in as it: add a public key (e.g. ~/.ssh/id_ed25519.pub) or a password_hash",
+                l.at(&u.name)
             );
         }
     }
-    crate::kube::spec::validate(l)?;
+    Ok(())
+}
+
+/// Two entries writing one path would leave only the later one, and a file
+/// airlock writes itself would be replaced (or replace the recipe's) without
+/// a word: refuse both, naming the entries.
+fn check_destinations(l: &Loaded) -> Result<()> {
+    let r = &l.recipe;
+    let users: Vec<&str> = r.users.iter().map(|u| u.name.get_ref().as_str()).collect();
+    let entries = r
+        .files
+        .iter()
+        .map(|f| ("[[file]]", &f.path))
+        .chain(r.templates.iter().map(|t| ("[[template]]", &t.path)));
+    let mut seen: BTreeMap<String, (&str, &Spanned<String>)> = BTreeMap::new();
+    for (kind, p) in entries {
+        let dest = checks::norm_dest(p.get_ref());
+        if let Some(hint) = checks::airlock_owned(&dest, &users) {
+            bail!(
+                "{}: {kind} path {dest} is a file airlock writes itself: {hint}",
+                l.at(p)
+            );
+        }
+        if let Some((first_kind, first)) = seen.insert(dest.clone(), (kind, p)) {
+            bail!(
+                "{}: {kind} path {dest} is also written by the {first_kind} at {}: only one entry \
+                 may write a path; remove one",
+                l.at(p),
+                l.at(first)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_disk(l: &Loaded) -> Result<()> {
+    let d = &l.recipe.disk;
+    let (size, esp) = (d.size.get_ref().0, d.esp_size.get_ref().0);
+    crate::disk::layout::check_esp(esp)
+        .with_context(|| format!("{}: disk.esp_size", l.at(&d.esp_size)))?;
+    // Blame the size the recipe wrote; with only esp_size set, that one.
+    let (key, at) = if d.size.span() == (0..0) && d.esp_size.span() != (0..0) {
+        ("disk.esp_size", l.at(&d.esp_size))
+    } else {
+        ("disk.size", l.at(&d.size))
+    };
+    crate::disk::layout::check_sizes(size, esp).with_context(|| format!("{at}: {key}"))?;
     Ok(())
 }
 
 /// Values end up in line-oriented system files (shadow, boot entries,
 /// unit files): a control character could add a line of its own there, so
 /// none is accepted outside `[vars]`, whose use is up to the templates.
-fn no_control_chars(l: &Loaded) -> Result<()> {
-    fn walk(v: &toml::Value, path: &str, out: &mut Option<String>) {
-        if out.is_some() {
-            return;
-        }
-        match v {
-            toml::Value::String(s) if s.chars().any(char::is_control) => {
-                *out = Some(path.to_string())
-            }
-            toml::Value::Array(a) => {
-                for (i, x) in a.iter().enumerate() {
-                    walk(x, &format!("{path}[{i}]"), out);
-                }
-            }
-            toml::Value::Table(t) => {
-                for (k, x) in t {
-                    if path.is_empty() && k == "vars" {
-                        continue;
-                    }
-                    let p = if path.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{path}.{k}")
-                    };
-                    walk(x, &p, out);
-                }
-            }
-            _ => {}
-        }
-    }
-    let value: toml::Value = toml::from_str(&l.text)?;
-    let mut found = None;
-    walk(&value, "", &mut found);
-    if let Some(key) = found {
+fn no_control_chars(l: &Loaded, spans: &spans::Spans) -> Result<()> {
+    let found = spans.strings().find(|(path, _, v)| {
+        !(*path == "vars" || path.starts_with("vars.") || path.starts_with("vars["))
+            && v.chars().any(char::is_control)
+    });
+    if let Some((key, span, _)) = found {
         bail!(
             "{}: {key} contains a control character (newline, tab, ...): values are written into \
              line-oriented system files, so only [vars] may hold them",
-            l.path.display()
+            l.at_span(span)
         );
     }
     Ok(())
@@ -738,7 +913,9 @@ impl Loaded {
 
 /// Whether a source string is a URL (else a path relative to the recipe).
 pub fn is_url(s: &str) -> bool {
-    s.starts_with("https://") || s.starts_with("http://") || s.starts_with("file://")
+    checks::SCHEMES
+        .iter()
+        .any(|scheme| s.strip_prefix(scheme).is_some_and(|r| r.starts_with("://")))
 }
 
 #[cfg(test)]

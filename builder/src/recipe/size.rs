@@ -16,9 +16,18 @@ impl FromStr for Size {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
+        if num.is_empty() {
+            return Err(format!(
+                "size {s:?} must start with a number, e.g. \"4GiB\""
+            ));
+        }
+        // Every digit string fits u64 unless it overflows.
         let n: u64 = num
             .parse()
-            .map_err(|_| format!("size {s:?} must start with a number, e.g. \"4GiB\""))?;
+            .map_err(|_| format!("size {s:?} is too large"))?;
+        if let Some(frac) = unit.strip_prefix('.') {
+            return Err(fraction_hint(s, n, frac));
+        }
         // Binary units either way: disk sizes people mean in "G" are GiB
         // in every tool this replaces (truncate, qemu-img, sgdisk).
         let mult: u64 = match unit.trim() {
@@ -29,13 +38,51 @@ impl FromStr for Size {
             "T" | "TiB" => 1 << 40,
             u => {
                 return Err(format!(
-                    "size {s:?} has unknown unit {u:?}: use B, KiB, MiB, GiB or TiB"
+                    "size {s:?} has unknown unit {u:?}: use B, KiB, MiB, GiB or TiB \
+                     (K, M, G and T are accepted as the same binary units)"
                 ))
             }
         };
         n.checked_mul(mult)
             .map(Size)
             .ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+/// The message for "1.5GiB": whole numbers only, with the same size in the
+/// next smaller unit when it is a whole number there.
+fn fraction_hint(s: &str, whole: u64, rest: &str) -> String {
+    let digits = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    let (frac, unit) = rest.split_at(digits);
+    let smaller = match unit.trim() {
+        "T" | "TiB" => Some("GiB"),
+        "G" | "GiB" => Some("MiB"),
+        "M" | "MiB" => Some("KiB"),
+        "K" | "KiB" | "k" => Some("B"),
+        _ => None,
+    };
+    // value * 1024 is whole when frac * 1024 / 10^len(frac) is.
+    let exact = smaller.and_then(|u| {
+        let scale = 10u64.checked_pow(frac.len() as u32)?;
+        let f: u64 = if frac.is_empty() {
+            0
+        } else {
+            frac.parse().ok()?
+        };
+        let part = f.checked_mul(1024)?;
+        if part % scale != 0 {
+            return None;
+        }
+        let n = whole.checked_mul(1024)?.checked_add(part / scale)?;
+        Some(format!("{n}{u}"))
+    });
+    match exact {
+        Some(e) => format!("size {s:?} is a fraction: sizes are whole numbers, write {e:?}"),
+        None => format!(
+            "size {s:?} is a fraction: sizes are whole numbers, write it in a smaller unit (e.g. \"1536MiB\" for 1.5GiB)"
+        ),
     }
 }
 
@@ -90,6 +137,23 @@ mod tests {
             let s: Size = input.parse().unwrap();
             assert_eq!(s.0, bytes, "{input}");
             assert_eq!(s.to_string(), shown, "{input}");
+        }
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let cases = [
+            ("99999999999999999999GiB", "too large"),
+            ("20000000TiB", "too large"),
+            ("1.5GiB", "\"1536MiB\""),
+            ("0.25T", "\"256GiB\""),
+            ("1.1GiB", "smaller unit"),
+            ("4 parsecs", "K, M, G and T"),
+            ("GiB", "must start with a number"),
+        ];
+        for (input, words) in cases {
+            let e = input.parse::<Size>().unwrap_err();
+            assert!(e.contains(words), "{input}: {e}");
         }
     }
 

@@ -183,3 +183,199 @@ fn values_cannot_inject_lines_into_system_files() {
     let text = good().replace("[node]", "[vars]\nmotd = \"line one\\nline two\"\n\n[node]");
     parse_str(&text).unwrap();
 }
+
+/// `r.toml:LINE:COL` of the first occurrence of `needle` in `text`.
+fn pos(text: &str, needle: &str) -> String {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle} not in {text}"));
+    let (l, c) = line_col(text, at);
+    format!("/recipes/r.toml:{l}:{c}: ")
+}
+
+/// The good recipe with `extra` before `[node]`.
+fn with(extra: &str) -> String {
+    good().replace("[node]", &format!("{extra}\n[node]"))
+}
+
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITestKey ops@site";
+
+/// Each refused recipe: (edited text, the text the position must point at,
+/// words the error must carry).
+fn assert_refused(cases: &[(String, &str, &[&str])]) {
+    for (text, at, words) in cases {
+        let e = err(text);
+        let want = pos(text, at);
+        assert!(e.starts_with(&want), "want {want}: {e}");
+        for w in *words {
+            assert!(e.contains(w), "{w:?} missing: {e}");
+        }
+    }
+}
+
+#[test]
+fn integer_modes_must_be_octal_literals() {
+    let decimal = good().replace("mode = \"0755\"", "mode = 755");
+    let template = with("[[template]]\nsrc = \"motd.j2\"\npath = \"/etc/motd\"\nmode = 750\n");
+    let hex = good().replace("mode = \"0755\"", "mode = 0x1ed");
+    assert_refused(&[
+        (
+            decimal,
+            "755\n",
+            &["file.mode", "decimal", "mode = \"0755\"", "0o755"],
+        ),
+        (template, "750\n", &["template.mode", "mode = \"0750\""]),
+        (hex, "0x1ed", &["file.mode"]),
+    ]);
+    for (written, mode) in [("0o755", 0o755), ("\"755\"", 0o755), ("\"0o640\"", 0o640)] {
+        let text = good().replace("mode = \"0755\"", &format!("mode = {written}"));
+        let l = parse_str(&text).unwrap();
+        assert_eq!(l.recipe.files[0].mode.get_ref().0, mode, "{written}");
+    }
+}
+
+#[test]
+fn password_hashes_must_be_crypt_hashes() {
+    let user = |hash: &str| {
+        with(&format!(
+            "[[user]]\nname = \"ops\"\nssh_authorized_keys = [\"{KEY}\"]\npassword_hash = \"{hash}\"\n"
+        ))
+    };
+    assert_refused(&[
+        (
+            user("plaintext"),
+            "\"plaintext\"",
+            &[
+                "user ops",
+                "password_hash",
+                "mkpasswd -m yescrypt",
+                "openssl passwd -6",
+            ],
+        ),
+        (user("$1$abc$iCQ2D3nhptRYi27fDYv2s1"), "\"$1$", &["MD5"]),
+        (user("$6$abc$short"), "\"$6$", &["86"]),
+    ]);
+    let ok = user("$6$abc$IdWKNKTJEb8LxY7CGg8YBXlvtfZzFw7Mp/r6niK9YB2mdvgY..TKjv1T..8RadRt2qvUHYRLr/TsVArtr91iR1");
+    parse_str(&ok).unwrap();
+}
+
+#[test]
+fn one_entry_per_destination_and_none_over_airlock_files() {
+    let twice = with("[[template]]\nsrc = \"tool.j2\"\npath = \"/usr/local/bin//tool\"\n");
+    let e = err(&twice);
+    assert!(e.contains("r.toml:10:8"), "names the first entry: {e}");
+    let hostname = good().replace("/usr/local/bin/tool", "/etc/hostname");
+    let shadow = with("[[template]]\nsrc = \"s.j2\"\npath = \"/etc/shadow\"\n");
+    let keys = with(&format!(
+        "[[user]]\nname = \"ops\"\nssh_authorized_keys = [\"{KEY}\"]\n\n\
+         [[template]]\nsrc = \"k.j2\"\npath = \"/home/ops/.ssh/authorized_keys\"\n"
+    ));
+    assert_refused(&[
+        (
+            twice.clone(),
+            "\"/usr/local/bin//tool\"",
+            &["[[template]]", "/usr/local/bin/tool", "[[file]]"],
+        ),
+        (
+            hostname,
+            "\"/etc/hostname\"",
+            &["airlock writes", "[node] hostname"],
+        ),
+        (shadow, "\"/etc/shadow\"", &["[[user]]"]),
+        (keys, "\"/home/ops", &["ssh_authorized_keys"]),
+    ]);
+}
+
+#[test]
+fn users_are_defined_once_and_can_log_in() {
+    let ops = format!("[[user]]\nname = \"ops\"\nssh_authorized_keys = [\"{KEY}\"]\n");
+    let twice = with(&format!("{ops}\n{ops}"));
+    let e = err(&twice);
+    let first = pos(&twice, "\"ops\"");
+    assert!(
+        e.contains(first.trim_end_matches(": ")),
+        "names the first: {e}"
+    );
+    let second_at = twice.rfind("\"ops\"").unwrap();
+    let (l, c) = line_col(&twice, second_at);
+    assert!(e.starts_with(&format!("/recipes/r.toml:{l}:{c}: ")), "{e}");
+    assert!(e.contains("already defined"), "{e}");
+
+    let nobody = with("[[user]]\nname = \"ops\"\n");
+    let bad_key = with(&format!(
+        "[[user]]\nname = \"ops\"\nssh_authorized_keys = [\"{KEY}\", \"AAAAC3NzaC1lZDI1NTE5 ops\"]\n"
+    ));
+    assert_refused(&[
+        (
+            nobody,
+            "\"ops\"",
+            &["neither ssh_authorized_keys nor password_hash"],
+        ),
+        (
+            bad_key,
+            "\"AAAAC3",
+            &["ssh_authorized_keys[1]", "<type> <base64> [comment]"],
+        ),
+    ]);
+}
+
+#[test]
+fn unknown_url_schemes_are_refused() {
+    let base = good().replace("path = \"base.tar.zst\"", "url = \"ftp://x/base.tar\"");
+    let file = good().replace("\"bin/tool\"", "\"sftp://host/tool\"");
+    assert_refused(&[
+        (
+            base,
+            "\"ftp://",
+            &["base.url", "ftp://", "https://, http://, file://"],
+        ),
+        (file, "\"sftp://", &["file.source", "sftp://"]),
+    ]);
+    // Supported schemes and plain paths still load.
+    parse_str(&good().replace("path = \"base.tar.zst\"", "url = \"https://x/base.tar\"")).unwrap();
+    parse_str(&good().replace("\"bin/tool\"", "\"file:///srv/tool\"")).unwrap();
+}
+
+#[test]
+fn size_errors_say_why() {
+    for (size, words) in [
+        ("99999999999999999999GiB", "too large"),
+        ("1.5GiB", "\"1536MiB\""),
+    ] {
+        let text = with(&format!("[disk]\nsize = \"{size}\"\n"));
+        let e = err(&text);
+        assert!(e.contains(&pos(&text, "size =")[..18]), "{e}");
+        assert!(e.contains(words), "{size}: {e}");
+    }
+}
+
+#[test]
+fn late_checks_happen_at_load_with_positions() {
+    let long = good().replace(
+        "name = \"demo\"",
+        &format!("name = \"{}\"", "n".repeat(300)),
+    );
+    let epoch = good().replace("name = \"demo\"", "name = \"demo\"\nepoch = -1");
+    let late = good().replace("name = \"demo\"", "name = \"demo\"\nepoch = 4294967296");
+    let small = with("[disk]\nsize = \"100MiB\"\n");
+    let esp = with("[disk]\nesp_size = \"20MiB\"\n");
+    let esp_fills = with("[disk]\nesp_size = \"4096MiB\"\n");
+    let enable = with("[systemd]\nenable = [\"sshd.service\", \"/etc/x.service\"]\n");
+    let ctl = with("[systemd]\nenable = [\"a\\u0007.service\"]\n");
+    let root = with("[boot]\ncmdline = [\"quiet\", \"console=tty0 root=/dev/sda2\"]\n");
+    assert_refused(&[
+        (long, "\"nnn", &["300 characters", "at most 64"]),
+        (epoch, "-1", &["epoch", "1970"]),
+        (late, "4294967296", &["epoch", "2106"]),
+        (small, "\"100MiB\"", &["disk.size", "too small"]),
+        (esp, "\"20MiB\"", &["disk.esp_size", "too small"]),
+        (esp_fills, "\"4096MiB\"", &["disk.esp_size", "too small"]),
+        (enable, "\"/etc/x", &["systemd.enable", "unit name"]),
+        (
+            ctl,
+            "\"a\\u0007",
+            &["systemd.enable[0]", "control character"],
+        ),
+        (root, "\"console", &["boot.cmdline", "root=PARTUUID"]),
+    ]);
+}
