@@ -564,7 +564,8 @@ fn verify_checks_the_block_map_beside_the_image() {
     let (s, l) = map.bytes(bad);
     assert!(
         text.contains(&format!(
-            "FAILED   block map {}: blocks {}-{} (bytes {s} to {}) have sha256 ",
+            "FAILED   block map {}: blocks {}-{} (bytes {s} to {}, in the partition table and \
+             partition 1 (ESP)) have sha256 ",
             copy.join("tiny.bmap").display(),
             bad.first,
             bad.last,
@@ -580,6 +581,157 @@ fn verify_checks_the_block_map_beside_the_image() {
     // the image's digest).
     assert!(text.contains("ok       root files"), "{text}");
     assert!(text.contains("\n2 differences\n"), "{text}");
+}
+
+/// `verify --json` of `image` with extra arguments: (exit ok, stdout JSON).
+fn verify_json(image: &Path, args: &[&std::ffi::OsStr]) -> (bool, serde_json::Value) {
+    let o = airlock()
+        .args(["verify", "--json"])
+        .arg(image)
+        .args(args)
+        .output()
+        .unwrap();
+    let j = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+    (o.status.success(), j)
+}
+
+#[test]
+fn a_planted_base_file_on_a_written_stick_is_caught_by_the_map_beside_the_manifest() {
+    if !tools() {
+        return;
+    }
+    let fx = Fixture::new();
+    let out = build(&fx, |t| t, "out", &[]);
+    let m = manifest(&out);
+    let (root_off, root_len) = partition(&m, "root");
+    let manifest_json = out.join("manifest.json");
+    // A stick twice the image's size: `write` moves the backup GPT to its end.
+    let stick = fx.path("stick.img");
+    fs::File::create(&stick)
+        .unwrap()
+        .set_len(2 * fs::metadata(out.join("tiny.raw")).unwrap().len())
+        .unwrap();
+    run_ok(
+        airlock()
+            .arg("write")
+            .arg(out.join("tiny.raw"))
+            .arg(&stick)
+            .arg("--yes")
+            .output()
+            .unwrap(),
+    );
+    let with_manifest = [
+        std::ffi::OsStr::new("--manifest"),
+        manifest_json.as_os_str(),
+    ];
+    let (ok, j) = verify_json(&stick, &with_manifest);
+    assert!(ok, "{j}");
+    assert_eq!(j["bmap"].as_str(), out.join("tiny.bmap").to_str(), "{j}");
+    assert_eq!(j["coverage"], "all-mapped-blocks", "{j}");
+
+    // A base file (not one airlock placed) rewritten in place.
+    let at = find_once(&stick, root_off, root_len, b"\x7fELF ping");
+    flip(&stick, at + 1);
+    let o = verify(&stick, Some(&manifest_json));
+    let text = stdout(&o);
+    run_err(o);
+    assert!(text.contains("FAILED   block map "), "{text}");
+    assert!(text.contains(" partition 2 (root)) have sha256"), "{text}");
+    assert!(
+        text.contains("the device was booted or altered since it was written"),
+        "{text}"
+    );
+    assert!(text.contains("ok       root files"), "{text}");
+    flip(&stick, at + 1);
+    assert!(verify_json(&stick, &with_manifest).0);
+
+    // A new file planted in the root filesystem with debugfs.
+    let part = fx.path("root.img");
+    extract_range(&stick, root_off, root_len, &part);
+    let payload = fx.path("payload");
+    fs::write(&payload, "* * * * * root /bin/sh -c evil\n").unwrap();
+    run_ok(
+        Command::new("debugfs")
+            .arg("-w")
+            .arg("-R")
+            .arg(format!("write {} /etc/backdoor", payload.display()))
+            .arg(&part)
+            .output()
+            .unwrap(),
+    );
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&stick)
+        .unwrap()
+        .write_all_at(&fs::read(&part).unwrap(), root_off)
+        .unwrap();
+    let (ok, j) = verify_json(&stick, &with_manifest);
+    assert!(!ok, "{j}");
+    assert!(
+        j["failures"][0]["subject"]
+            .as_str()
+            .unwrap()
+            .starts_with("block map "),
+        "{j}"
+    );
+
+    // Without a block map the check is weaker, and says so.
+    let alone = fx.path("alone");
+    fs::create_dir(&alone).unwrap();
+    fs::copy(&manifest_json, alone.join("manifest.json")).unwrap();
+    let o = verify(&stick, Some(&alone.join("manifest.json")));
+    let text = stdout(&o);
+    run_ok(o);
+    assert!(
+        text.contains("the base's own files were NOT checked"),
+        "{text}"
+    );
+    assert!(!text.contains("the image matches its manifest"), "{text}");
+    let alone_manifest = alone.join("manifest.json");
+    let (ok, j) = verify_json(
+        &stick,
+        &[
+            std::ffi::OsStr::new("--manifest"),
+            alone_manifest.as_os_str(),
+        ],
+    );
+    assert!(ok && j["bmap"].is_null(), "{j}");
+    assert_eq!(j["coverage"], "placed-files-only", "{j}");
+    // --bmap names the map; one the manifest does not list is refused.
+    let map = out.join("tiny.bmap");
+    let (ok, _) = verify_json(
+        &stick,
+        &[
+            std::ffi::OsStr::new("--manifest"),
+            alone_manifest.as_os_str(),
+            std::ffi::OsStr::new("--bmap"),
+            map.as_os_str(),
+        ],
+    );
+    assert!(!ok);
+    let forged = fx.path("forged.bmap");
+    let bar = indicatif::ProgressBar::hidden();
+    fs::write(
+        &forged,
+        airlock::bmap::create(&stick, &bar).unwrap().to_xml(),
+    )
+    .unwrap();
+    let (ok, j) = verify_json(
+        &stick,
+        &[
+            std::ffi::OsStr::new("--manifest"),
+            alone_manifest.as_os_str(),
+            std::ffi::OsStr::new("--bmap"),
+            forged.as_os_str(),
+        ],
+    );
+    assert!(!ok, "{j}");
+    assert!(
+        j.to_string()
+            .contains("it is not the block map of this build"),
+        "{j}"
+    );
 }
 
 /// A control-plane node image built from small made-up inputs (the
@@ -869,7 +1021,7 @@ fn inspect_and_verify_a_node_image_as_an_ordinary_user() {
         assert!(v.contains("ok       image sha256"), "{image}: {v}");
         assert!(v.contains("ok       block map"), "{image}: {v}");
         assert!(
-            v.contains("verified: the image matches its manifest"),
+            v.contains("verified: every mapped block and every listed file match the build"),
             "{image}: {v}"
         );
         // One file of the image, read without mounting it.
