@@ -315,9 +315,58 @@ fn decompress(path: &Path, file: File, len: u64, progress: bool) -> Result<Image
     })
 }
 
+/// Refuses a VM disk whose bytes come partly from other files: a backing
+/// file (qcow2, vmdk, vhdx can all name one) or a VMDK extent in another
+/// file. Converting it would read those host files into the report.
+pub fn refuse_other_files(path: &Path, format: VmFormat) -> Result<()> {
+    let text = Command::new("qemu-img")
+        .args(["info", "--output=json", "-f", format.name()])
+        .arg(path)
+        .run_get_string()
+        .with_context(|| format!("reading the header of {}", path.display()))?;
+    let info: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("qemu-img info of {} is not JSON", path.display()))?;
+    let backing = ["full-backing-filename", "backing-filename"]
+        .iter()
+        .find_map(|k| info[*k].as_str());
+    if let Some(b) = backing {
+        bail!(
+            "{} is a {} disk with a backing file, {b}: its contents would be read from that \
+             file on this machine; refusing (an airlock image has no backing file; flatten a \
+             copy with qemu-img convert if you trust it)",
+            path.display(),
+            format.name()
+        );
+    }
+    let own = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let own_full = std::fs::canonicalize(path).ok();
+    let extents = info["format-specific"]["data"]["extents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for e in extents {
+        let Some(f) = e["filename"].as_str() else {
+            continue;
+        };
+        let is_own = Some(f) == own.as_deref()
+            || Some(f) == path.to_str()
+            || std::fs::canonicalize(f).ok() == own_full
+            || std::fs::canonicalize(path.with_file_name(f)).ok() == own_full;
+        if !is_own {
+            bail!(
+                "{} is a VMDK disk whose data lies in another file, {f}: refusing to read it \
+                 (an airlock image keeps everything in one file)",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Converts a VM disk to a sparse raw temporary file with qemu-img.
 fn convert(path: &Path, format: VmFormat) -> Result<Image> {
     cmd::require_tool("qemu-img")?;
+    refuse_other_files(path, format)?;
     let tmp = tempfile::Builder::new()
         .prefix("airlock-image-")
         .suffix(".raw")
@@ -383,6 +432,42 @@ mod tests {
             img.file_sha256.unwrap(),
             hex::encode(Sha256::digest(&zbytes))
         );
+    }
+
+    #[test]
+    fn a_vm_disk_with_a_backing_file_is_refused_naming_it() {
+        if crate::cmd::which("qemu-img").is_none() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().join("host.raw");
+        let mut secret = vec![0u8; 1 << 20];
+        secret[..6].copy_from_slice(b"secret");
+        std::fs::write(&host, &secret).unwrap();
+        let evil = d.path().join("evil.qcow2");
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&host)
+            .arg(&evil)
+            .run()
+            .unwrap();
+        let err = format!("{:#}", Image::open(&evil, false).unwrap_err());
+        assert!(
+            err.contains("with a backing file, ") && err.contains(host.to_str().unwrap()),
+            "{err}"
+        );
+        // The same disk flattened is read.
+        let flat = d.path().join("flat.qcow2");
+        Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "qcow2", "-O", "qcow2"])
+            .arg(&evil)
+            .arg(&flat)
+            .run()
+            .unwrap();
+        let img = Image::open(&flat, false).unwrap();
+        let mut head = [0u8; 6];
+        img.file().read_exact_at(&mut head, 0).unwrap();
+        assert_eq!(&head, b"secret");
     }
 
     #[test]

@@ -207,6 +207,10 @@ pub enum Outcome {
 pub fn run(o: &VmOpts) -> Result<Outcome> {
     cmd::require_tool("qemu-system-x86_64")?;
     let format = detect_format(&o.image)?;
+    if format == ImageFormat::Qcow2 {
+        // A backing file would hand a host file to the guest.
+        crate::image::refuse_other_files(&o.image, crate::image::VmFormat::Qcow2)?;
+    }
     let (code, vars_template) = match &o.firmware {
         Some(p) => p.clone(),
         None => find_firmware()?,
