@@ -77,7 +77,7 @@ impl Image {
     /// into `$TMPDIR` first (with a progress bar on stderr when `progress`).
     pub fn open(path: &Path, progress: bool) -> Result<Image> {
         let ctx = || format!("opening image {}", path.display());
-        let mut file = File::open(path).with_context(ctx)?;
+        let mut file = open_no_wait(path, "a regular file or a block device").with_context(ctx)?;
         let meta = file.metadata().with_context(ctx)?;
         if meta.file_type().is_block_device() {
             return Ok(Image::plain(path, Kind::Device, file));
@@ -136,6 +136,80 @@ impl Image {
         })
     }
 }
+
+/// Opens `path` for reading without waiting: a named pipe (or a device
+/// that blocks on open) is stat'ed first and refused by the caller instead
+/// of hanging. A regular file or block device gets its normal blocking
+/// mode back.
+fn open_no_wait(path: &Path, wanted: &str) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        let t = m.file_type();
+        if !(t.is_file() || t.is_block_device() || t.is_dir()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("it is a {}, not {wanted}", describe_type(&t)),
+            ));
+        }
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty())?;
+    Ok(file)
+}
+
+fn describe_type(t: &std::fs::FileType) -> &'static str {
+    if t.is_fifo() {
+        "named pipe"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_char_device() {
+        "character device"
+    } else {
+        "special file"
+    }
+}
+
+/// Reads a small file (a manifest, a block map) whole, refusing anything
+/// that is not a regular file or is larger than `limit` bytes: `/dev/zero`
+/// or a pipe given by mistake must not fill memory or hang. `what` names
+/// the file in errors.
+pub fn read_small_file(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
+    let ctx = || format!("reading {what} {}", path.display());
+    let file = open_no_wait(path, "a regular file").with_context(ctx)?;
+    let meta = file.metadata().with_context(ctx)?;
+    if !meta.is_file() {
+        bail!(
+            "{what} {} is not a regular file: pass the {what} file of the build",
+            path.display()
+        );
+    }
+    if meta.len() > limit {
+        bail!(
+            "{what} {} is {} bytes, more than the {} MiB a {what} can be: is it the right file?",
+            path.display(),
+            meta.len(),
+            limit >> 20
+        );
+    }
+    let mut buf = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut buf)
+        .with_context(ctx)?;
+    if buf.len() as u64 > limit {
+        bail!(
+            "{what} {} grew past {} MiB while being read",
+            path.display(),
+            limit >> 20
+        );
+    }
+    Ok(buf)
+}
+
+/// The most a manifest or block map file is read into memory.
+pub const SMALL_FILE_LIMIT: u64 = 64 << 20;
 
 /// A byte range of the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -468,6 +542,53 @@ mod tests {
         let mut head = [0u8; 6];
         img.file().read_exact_at(&mut head, 0).unwrap();
         assert_eq!(&head, b"secret");
+    }
+
+    #[test]
+    fn pipes_and_endless_files_are_refused_without_waiting() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo.raw");
+        let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(format!("{:#}", Image::open(&p, false).unwrap_err()));
+        });
+        let err = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("opening a named pipe hung");
+        assert!(
+            err.contains("it is a named pipe, not a regular file or a block device"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            read_small_file(Path::new("/dev/zero"), SMALL_FILE_LIMIT, "manifest").unwrap_err()
+        );
+        assert!(
+            err.contains("it is a character device, not a regular file"),
+            "{err}"
+        );
+        let big = d.path().join("big.json");
+        File::create(&big)
+            .unwrap()
+            .set_len(SMALL_FILE_LIMIT + 1)
+            .unwrap();
+        let err = format!(
+            "{:#}",
+            read_small_file(&big, SMALL_FILE_LIMIT, "manifest").unwrap_err()
+        );
+        assert!(
+            err.contains("more than the 64 MiB a manifest can be"),
+            "{err}"
+        );
+        let ok = d.path().join("ok.json");
+        std::fs::write(&ok, b"{}").unwrap();
+        assert_eq!(
+            read_small_file(&ok, SMALL_FILE_LIMIT, "manifest").unwrap(),
+            b"{}"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod checks;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -385,7 +385,7 @@ fn vouched(p: &Path, listed: &[(&String, &String)], source: Option<&ManifestSour
     if listed.is_empty() {
         return Ok(());
     }
-    let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+    let bytes = image::read_small_file(p, image::SMALL_FILE_LIMIT, "block map")?;
     let got = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     if listed.iter().any(|(_, want)| **want == got) {
         return Ok(());
@@ -424,7 +424,7 @@ fn external_manifest(
     given: Option<&Path>,
 ) -> Result<Option<(Manifest, Value, ManifestSource)>> {
     if let Some(p) = given {
-        let text = std::fs::read(p).with_context(|| format!("reading manifest {}", p.display()))?;
+        let text = image::read_small_file(p, image::SMALL_FILE_LIMIT, "manifest")?;
         let (m, v) = Manifest::parse(&text, &p.display().to_string())?;
         return Ok(Some((
             m,
@@ -439,9 +439,10 @@ fn external_manifest(
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default();
-    let Ok(text) = std::fs::read(&beside) else {
+    if !beside.is_file() {
         return Ok(None);
-    };
+    }
+    let text = image::read_small_file(&beside, image::SMALL_FILE_LIMIT, "manifest")?;
     let (m, v) = Manifest::parse(&text, &beside.display().to_string())?;
     if !m.outputs.contains_key(name) {
         tracing::info!("{} does not list {name}; not using it", beside.display());
