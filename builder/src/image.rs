@@ -211,6 +211,110 @@ pub fn read_small_file(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
 /// The most a manifest or block map file is read into memory.
 pub const SMALL_FILE_LIMIT: u64 = 64 << 20;
 
+/// Why the disk is not a disk image at all (no protective MBR and no GPT
+/// header), or `None` when it has either.
+pub fn not_a_disk(img: &Image) -> Result<Option<String>> {
+    let mut head = [0u8; 1024];
+    let mut n = 0;
+    while n < head.len() {
+        match img.file.read_at(&mut head[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading the start of {}", img.path.display()))
+            }
+        }
+    }
+    let head = &head[..n];
+    let mbr = head.len() >= 512 && head[510..512] == [0x55, 0xaa] && head[446 + 4] == 0xee;
+    let gpt = head.len() >= 520 && &head[512..520] == b"EFI PART";
+    if mbr || gpt {
+        return Ok(None);
+    }
+    let what = if n == 0 {
+        "it is empty".to_string()
+    } else {
+        "it has neither a protective MBR nor a GPT header".to_string()
+    };
+    Ok(Some(format!(
+        "{} is not a disk image: {what} (an airlock image, and a stick written from one, \
+         starts with both)",
+        img.path.display()
+    )))
+}
+
+/// The partition table of the disk; a note when it was found only by
+/// looking where the image ended, not where the disk ends (an image
+/// written with plain dd onto a larger stick leaves its backup GPT in the
+/// middle). Both copies are checked either way.
+pub fn read_gpt(img: &Image) -> Result<(GptInfo, Option<String>)> {
+    let first = match crate::disk::gpt::read(&mut img.file()) {
+        Ok(g) => return Ok((g, None)),
+        Err(e) => e,
+    };
+    let mut hdr = [0u8; 92];
+    let backup = img
+        .file()
+        .read_exact_at(&mut hdr, 512)
+        .ok()
+        .filter(|_| &hdr[..8] == b"EFI PART")
+        .map(|_| u64::from_le_bytes(hdr[32..40].try_into().expect("8 bytes")));
+    let size = img.size()?;
+    let Some(last) = backup.filter(|b| b.checked_add(1).is_some_and(|e| e * 512 < size)) else {
+        return Err(first);
+    };
+    let mut window = Window {
+        file: img.file(),
+        len: (last + 1) * 512,
+        pos: 0,
+    };
+    match crate::disk::gpt::read(&mut window) {
+        Ok(g) => Ok((
+            g,
+            Some(format!(
+                "the backup GPT is at sector {last}, not at the end of the disk (sector {}): \
+                 the image was written with plain dd onto a larger disk; the partition table \
+                 is intact (both copies checked). `sgdisk -e {}` moves the backup to the end",
+                size / 512 - 1,
+                img.path.display()
+            )),
+        )),
+        Err(_) => Err(first),
+    }
+}
+
+/// The first `len` bytes of a file, as a file of its own.
+struct Window<'a> {
+    file: &'a File,
+    len: u64,
+    pos: u64,
+}
+
+impl Read for Window<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        let k = self.file.read_at(&mut buf[..n], self.pos)?;
+        self.pos += k as u64;
+        Ok(k)
+    }
+}
+
+impl Seek for Window<'_> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let p = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = p.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.pos)
+    }
+}
+
 /// A byte range of the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Range {

@@ -293,9 +293,14 @@ fn build_inspect_verify_round_trip_and_damage_is_named() {
         text.contains("FAILED   ESP /airlock/6.1.0-28-amd64/linux: sha256 is "),
         "{text}"
     );
-    assert!(text.contains("\n2 differences\n"), "{text}");
+    // The block map beside the manifest sees both bytes too.
     assert!(
-        err.contains("stick.img differs from its manifest in 2 places"),
+        text.contains("FAILED   block map ") && text.contains("2 of 3 ranges differ"),
+        "{text}"
+    );
+    assert!(text.contains("\n3 differences\n"), "{text}");
+    assert!(
+        err.contains("stick.img differs from its manifest in 3 places"),
         "{err}"
     );
 
@@ -325,7 +330,11 @@ fn build_inspect_verify_round_trip_and_damage_is_named() {
     let text = stdout(&o);
     run_err(o);
     assert!(text.contains("FAILED   /etc/motd: mode is 0600, manifest says 0644; owner is 1000:0, manifest says 0:0"), "{text}");
-    assert!(text.contains("\n1 difference\n"), "{text}");
+    assert!(
+        text.contains("FAILED   block map ") && text.contains("partition 2 (root)"),
+        "{text}"
+    );
+    assert!(text.contains("\n2 differences\n"), "{text}");
 
     // A damaged GPT is named, and the files are still checked.
     flip(&changed, 512 + 60);
@@ -732,6 +741,61 @@ fn a_planted_base_file_on_a_written_stick_is_caught_by_the_map_beside_the_manife
             .contains("it is not the block map of this build"),
         "{j}"
     );
+}
+
+#[test]
+fn a_dd_written_stick_is_read_and_junk_is_named_as_not_a_disk() {
+    if !tools() {
+        return;
+    }
+    let fx = Fixture::new();
+    let out = build(&fx, |t| t, "out", &[]);
+    // Plain dd onto a stick twice the image's size: the backup GPT stays
+    // in the middle.
+    let stick = fx.path("dd.img");
+    fs::copy(out.join("tiny.raw"), &stick).unwrap();
+    let size = fs::metadata(&stick).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&stick)
+        .unwrap()
+        .set_len(2 * size)
+        .unwrap();
+    let text = run_ok_stdout(inspect(&[], &stick));
+    assert!(text.contains("Boot "), "{text}");
+    assert!(
+        text.contains("the image was written with plain dd onto a larger disk")
+            && text.contains("sgdisk -e"),
+        "{text}"
+    );
+    let o = verify(&stick, Some(&out.join("manifest.json")));
+    let text = stdout(&o);
+    run_ok(o);
+    assert!(
+        text.contains("note:     the backup GPT is at sector"),
+        "{text}"
+    );
+    assert!(text.contains("ok       block map"), "{text}");
+
+    // An empty file and one of random bytes are not disk images.
+    let empty = fx.path("empty.raw");
+    fs::write(&empty, b"").unwrap();
+    let junk = fx.path("junk.raw");
+    let bytes: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(&junk, &bytes).unwrap();
+    for (file, why) in [
+        (&empty, "it is empty"),
+        (&junk, "it has neither a protective MBR nor a GPT header"),
+    ] {
+        let want = format!("{} is not a disk image: {why}", file.display());
+        let err = run_err(verify(file, None));
+        assert!(err.contains(&want), "{err}");
+        assert!(!err.contains("no readable manifest"), "{err}");
+        let err = run_err(inspect(&[], file));
+        assert!(err.contains(&want), "{err}");
+    }
 }
 
 /// A control-plane node image built from small made-up inputs (the

@@ -21,7 +21,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::disk::gpt::{self, GptInfo};
+use crate::disk::gpt::GptInfo;
 use crate::image::{self, Image, Range};
 use crate::manifest::{self, Manifest};
 
@@ -91,6 +91,9 @@ pub struct Report {
     pub bmap: Option<PathBuf>,
     /// How much of the image was checked.
     pub coverage: Coverage,
+    /// What is worth knowing but not a difference (a backup GPT left in
+    /// the middle of a larger stick by dd).
+    pub notes: Vec<String>,
     /// Checks that passed.
     pub passed: Vec<Passed>,
     pub failures: Vec<Failure>,
@@ -143,12 +146,16 @@ pub fn verify(
 ) -> Result<Report> {
     let external = external_manifest(path, manifest)?;
     let img = Image::open(path, progress)?;
+    if let Some(why) = image::not_a_disk(&img)? {
+        bail!("{why}");
+    }
     let mut v = Verifier {
         passed: Vec::new(),
         failures: Vec::new(),
     };
 
-    let gpt = v.one("GPT", || check_gpt(&img))?;
+    let mut notes = Vec::new();
+    let gpt = v.one("GPT", || check_gpt(&img, &mut notes))?;
     let bmap = block_map(
         &img,
         bmap,
@@ -250,6 +257,7 @@ pub fn verify(
             Coverage::PlacedFilesOnly
         },
         bmap,
+        notes,
         passed: v.passed,
         failures: v.failures,
     })
@@ -302,14 +310,17 @@ fn found(failures: &[Failure]) -> String {
     format!(" (found: {})", all.join("; "))
 }
 
-fn check_gpt(img: &Image) -> Result<Result<GptInfo, Failure>> {
-    let mut f = img.file();
-    Ok(gpt::read(&mut f).map_err(|e| {
-        Failure::new(
+fn check_gpt(img: &Image, notes: &mut Vec<String>) -> Result<Result<GptInfo, Failure>> {
+    Ok(match image::read_gpt(img) {
+        Ok((g, note)) => {
+            notes.extend(note);
+            Ok(g)
+        }
+        Err(e) => Err(Failure::new(
             "GPT",
             format!("{e:#} (a stick written with dd keeps the backup GPT at the image's end; `sgdisk -e` moves it)"),
-        )
-    }))
+        )),
+    })
 }
 
 /// Finds the block map and checks every mapped range of the image with
@@ -464,6 +475,9 @@ pub fn render(r: &Report) -> String {
         s.push_str(&format!("bmap:     {}\n", b.display()));
     }
     s.push_str(&format!("checked:  {}\n", r.coverage.describe()));
+    for n in &r.notes {
+        s.push_str(&format!("note:     {n}\n"));
+    }
     for p in &r.passed {
         if p.count == 1 {
             s.push_str(&format!("ok       {}\n", p.check));
@@ -515,6 +529,7 @@ mod tests {
             },
             bmap: None,
             coverage: Coverage::PlacedFilesOnly,
+            notes: vec![],
             passed: vec![
                 Passed {
                     check: "GPT".into(),
