@@ -322,6 +322,25 @@ pub struct Range {
     pub size: u64,
 }
 
+/// Pairs of partitions that share sectors, in words: no tool makes them,
+/// and writing one partition would overwrite the other.
+pub fn overlaps(gpt: &GptInfo) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, a) in gpt.partitions.iter().enumerate() {
+        for b in &gpt.partitions[i + 1..] {
+            let start = a.start.max(b.start);
+            let end = (a.start + a.size).min(b.start + b.size);
+            if start < end {
+                out.push(format!(
+                    "partitions {} ({}) and {} ({}) overlap in bytes {start} to {end}",
+                    a.number, a.label, b.number, b.label
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// The ESP and the root partition of a partition table, by type.
 pub fn find_partitions(gpt: &GptInfo) -> (Option<Range>, Option<Range>) {
     let by_type = |t| {
@@ -573,6 +592,28 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn overlapping_partitions_are_named() {
+        let part = |number: u32, start: u64, size: u64| crate::disk::gpt::PartitionInfo {
+            number,
+            label: format!("p{number}"),
+            type_guid: uuid::Uuid::nil(),
+            uuid: uuid::Uuid::nil(),
+            start,
+            size,
+        };
+        let mut g = GptInfo {
+            disk_guid: uuid::Uuid::nil(),
+            partitions: vec![part(1, 1 << 20, 1 << 20), part(2, 2 << 20, 4 << 20)],
+        };
+        assert!(overlaps(&g).is_empty());
+        g.partitions.push(part(3, 5 << 20, 2 << 20));
+        assert_eq!(
+            overlaps(&g),
+            ["partitions 2 (p2) and 3 (p3) overlap in bytes 5242880 to 6291456"]
+        );
+    }
 
     #[test]
     fn sniffs_formats() {

@@ -798,6 +798,60 @@ fn a_dd_written_stick_is_read_and_junk_is_named_as_not_a_disk() {
     }
 }
 
+#[test]
+fn overlapping_partitions_fail_verify_and_warn_in_inspect() {
+    if !tools() {
+        return;
+    }
+    let fx = Fixture::new();
+    let out = build(&fx, |t| t, "out", &[]);
+    let crafted = fx.path("overlap.raw");
+    fs::copy(out.join("tiny.raw"), &crafted).unwrap();
+    // The root partition now starts 8 sectors inside the ESP, in both
+    // copies of the table, with their CRCs made right again (gptman and
+    // sgdisk refuse to write this).
+    let esp_end = {
+        let (s, l) = partition(&manifest(&out), "esp");
+        s + l
+    };
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&crafted)
+        .unwrap();
+    let last = fs::metadata(&crafted).unwrap().len() / 512 - 1;
+    for header_lba in [1, last] {
+        let mut h = [0u8; 92];
+        f.read_exact_at(&mut h, header_lba * 512).unwrap();
+        let entries_lba = u64::from_le_bytes(h[72..80].try_into().unwrap());
+        let count = u32::from_le_bytes(h[80..84].try_into().unwrap()) as usize;
+        let mut e = vec![0u8; count * 128];
+        f.read_exact_at(&mut e, entries_lba * 512).unwrap();
+        e[128 + 32..128 + 40].copy_from_slice(&(esp_end / 512 - 8).to_le_bytes());
+        f.write_all_at(&e, entries_lba * 512).unwrap();
+        h[88..92].copy_from_slice(&crc32fast::hash(&e).to_le_bytes());
+        h[16..20].fill(0);
+        let crc = crc32fast::hash(&h);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        f.write_all_at(&h, header_lba * 512).unwrap();
+    }
+    drop(f);
+    let o = verify(&crafted, Some(&out.join("manifest.json")));
+    let text = stdout(&o);
+    run_err(o);
+    let want = format!(
+        "partitions 1 (ESP) and 2 (root) overlap in bytes {} to {esp_end}",
+        esp_end - 8 * 512
+    );
+    assert!(
+        text.contains(&format!("FAILED   partition table: {want}")),
+        "{text}"
+    );
+    let o = inspect(&[], &crafted);
+    let text = stdout(&o);
+    assert!(text.contains(&format!("WARNING: {want}")), "{text}");
+}
+
 /// A control-plane node image built from small made-up inputs (the
 /// minimal recipe of builder/tests/kube.rs, every image in one OCI
 /// archive): (fixture, output folder).

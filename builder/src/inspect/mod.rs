@@ -103,6 +103,11 @@ pub fn inspect(path: &Path, progress: bool) -> Result<Report> {
             path.display()
         ),
     };
+    r.notes.extend(
+        image::overlaps(&gpt)
+            .into_iter()
+            .map(|o| format!("WARNING: {o}")),
+    );
     r.disk_guid = Some(gpt.disk_guid);
     r.partitions = gpt.partitions.clone();
     let (esp, root) = image::find_partitions(&gpt);

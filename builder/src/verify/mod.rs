@@ -156,6 +156,9 @@ pub fn verify(
 
     let mut notes = Vec::new();
     let gpt = v.one("GPT", || check_gpt(&img, &mut notes))?;
+    for o in gpt.iter().flat_map(image::overlaps) {
+        v.failures.push(Failure::new("partition table", o));
+    }
     let bmap = block_map(
         &img,
         bmap,
