@@ -77,7 +77,7 @@ impl Image {
     /// into `$TMPDIR` first (with a progress bar on stderr when `progress`).
     pub fn open(path: &Path, progress: bool) -> Result<Image> {
         let ctx = || format!("opening image {}", path.display());
-        let mut file = File::open(path).with_context(ctx)?;
+        let mut file = open_no_wait(path, "a regular file or a block device").with_context(ctx)?;
         let meta = file.metadata().with_context(ctx)?;
         if meta.file_type().is_block_device() {
             return Ok(Image::plain(path, Kind::Device, file));
@@ -137,11 +137,208 @@ impl Image {
     }
 }
 
+/// Opens `path` for reading without waiting: a named pipe (or a device
+/// that blocks on open) is stat'ed first and refused by the caller instead
+/// of hanging. A regular file or block device gets its normal blocking
+/// mode back.
+fn open_no_wait(path: &Path, wanted: &str) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        let t = m.file_type();
+        if !(t.is_file() || t.is_block_device() || t.is_dir()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("it is a {}, not {wanted}", describe_type(&t)),
+            ));
+        }
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty())?;
+    Ok(file)
+}
+
+fn describe_type(t: &std::fs::FileType) -> &'static str {
+    if t.is_fifo() {
+        "named pipe"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_char_device() {
+        "character device"
+    } else {
+        "special file"
+    }
+}
+
+/// Reads a small file (a manifest, a block map) whole, refusing anything
+/// that is not a regular file or is larger than `limit` bytes: `/dev/zero`
+/// or a pipe given by mistake must not fill memory or hang. `what` names
+/// the file in errors.
+pub fn read_small_file(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
+    let ctx = || format!("reading {what} {}", path.display());
+    let file = open_no_wait(path, "a regular file").with_context(ctx)?;
+    let meta = file.metadata().with_context(ctx)?;
+    if !meta.is_file() {
+        bail!(
+            "{what} {} is not a regular file: pass the {what} file of the build",
+            path.display()
+        );
+    }
+    if meta.len() > limit {
+        bail!(
+            "{what} {} is {} bytes, more than the {} MiB a {what} can be: is it the right file?",
+            path.display(),
+            meta.len(),
+            limit >> 20
+        );
+    }
+    let mut buf = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut buf)
+        .with_context(ctx)?;
+    if buf.len() as u64 > limit {
+        bail!(
+            "{what} {} grew past {} MiB while being read",
+            path.display(),
+            limit >> 20
+        );
+    }
+    Ok(buf)
+}
+
+/// The most a manifest or block map file is read into memory.
+pub const SMALL_FILE_LIMIT: u64 = 64 << 20;
+
+/// Why the disk is not a disk image at all (no protective MBR and no GPT
+/// header), or `None` when it has either.
+pub fn not_a_disk(img: &Image) -> Result<Option<String>> {
+    let mut head = [0u8; 1024];
+    let mut n = 0;
+    while n < head.len() {
+        match img.file.read_at(&mut head[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading the start of {}", img.path.display()))
+            }
+        }
+    }
+    let head = &head[..n];
+    let mbr = head.len() >= 512 && head[510..512] == [0x55, 0xaa] && head[446 + 4] == 0xee;
+    let gpt = head.len() >= 520 && &head[512..520] == b"EFI PART";
+    if mbr || gpt {
+        return Ok(None);
+    }
+    let what = if n == 0 {
+        "it is empty".to_string()
+    } else {
+        "it has neither a protective MBR nor a GPT header".to_string()
+    };
+    Ok(Some(format!(
+        "{} is not a disk image: {what} (an airlock image, and a stick written from one, \
+         starts with both)",
+        img.path.display()
+    )))
+}
+
+/// The partition table of the disk; a note when it was found only by
+/// looking where the image ended, not where the disk ends (an image
+/// written with plain dd onto a larger stick leaves its backup GPT in the
+/// middle). Both copies are checked either way.
+pub fn read_gpt(img: &Image) -> Result<(GptInfo, Option<String>)> {
+    let first = match crate::disk::gpt::read(&mut img.file()) {
+        Ok(g) => return Ok((g, None)),
+        Err(e) => e,
+    };
+    let mut hdr = [0u8; 92];
+    let backup = img
+        .file()
+        .read_exact_at(&mut hdr, 512)
+        .ok()
+        .filter(|_| &hdr[..8] == b"EFI PART")
+        .map(|_| u64::from_le_bytes(hdr[32..40].try_into().expect("8 bytes")));
+    let size = img.size()?;
+    let Some(last) = backup.filter(|b| b.checked_add(1).is_some_and(|e| e * 512 < size)) else {
+        return Err(first);
+    };
+    let mut window = Window {
+        file: img.file(),
+        len: (last + 1) * 512,
+        pos: 0,
+    };
+    match crate::disk::gpt::read(&mut window) {
+        Ok(g) => Ok((
+            g,
+            Some(format!(
+                "the backup GPT is at sector {last}, not at the end of the disk (sector {}): \
+                 the image was written with plain dd onto a larger disk; the partition table \
+                 is intact (both copies checked). `sgdisk -e {}` moves the backup to the end",
+                size / 512 - 1,
+                img.path.display()
+            )),
+        )),
+        Err(_) => Err(first),
+    }
+}
+
+/// The first `len` bytes of a file, as a file of its own.
+struct Window<'a> {
+    file: &'a File,
+    len: u64,
+    pos: u64,
+}
+
+impl Read for Window<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        let k = self.file.read_at(&mut buf[..n], self.pos)?;
+        self.pos += k as u64;
+        Ok(k)
+    }
+}
+
+impl Seek for Window<'_> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let p = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = p.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.pos)
+    }
+}
+
 /// A byte range of the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Range {
     pub start: u64,
     pub size: u64,
+}
+
+/// Pairs of partitions that share sectors, in words: no tool makes them,
+/// and writing one partition would overwrite the other.
+pub fn overlaps(gpt: &GptInfo) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, a) in gpt.partitions.iter().enumerate() {
+        for b in &gpt.partitions[i + 1..] {
+            let start = a.start.max(b.start);
+            let end = (a.start + a.size).min(b.start + b.size);
+            if start < end {
+                out.push(format!(
+                    "partitions {} ({}) and {} ({}) overlap in bytes {start} to {end}",
+                    a.number, a.label, b.number, b.label
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The ESP and the root partition of a partition table, by type.
@@ -315,9 +512,58 @@ fn decompress(path: &Path, file: File, len: u64, progress: bool) -> Result<Image
     })
 }
 
+/// Refuses a VM disk whose bytes come partly from other files: a backing
+/// file (qcow2, vmdk, vhdx can all name one) or a VMDK extent in another
+/// file. Converting it would read those host files into the report.
+pub fn refuse_other_files(path: &Path, format: VmFormat) -> Result<()> {
+    let text = Command::new("qemu-img")
+        .args(["info", "--output=json", "-f", format.name()])
+        .arg(path)
+        .run_get_string()
+        .with_context(|| format!("reading the header of {}", path.display()))?;
+    let info: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("qemu-img info of {} is not JSON", path.display()))?;
+    let backing = ["full-backing-filename", "backing-filename"]
+        .iter()
+        .find_map(|k| info[*k].as_str());
+    if let Some(b) = backing {
+        bail!(
+            "{} is a {} disk with a backing file, {b}: its contents would be read from that \
+             file on this machine; refusing (an airlock image has no backing file; flatten a \
+             copy with qemu-img convert if you trust it)",
+            path.display(),
+            format.name()
+        );
+    }
+    let own = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let own_full = std::fs::canonicalize(path).ok();
+    let extents = info["format-specific"]["data"]["extents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for e in extents {
+        let Some(f) = e["filename"].as_str() else {
+            continue;
+        };
+        let is_own = Some(f) == own.as_deref()
+            || Some(f) == path.to_str()
+            || std::fs::canonicalize(f).ok() == own_full
+            || std::fs::canonicalize(path.with_file_name(f)).ok() == own_full;
+        if !is_own {
+            bail!(
+                "{} is a VMDK disk whose data lies in another file, {f}: refusing to read it \
+                 (an airlock image keeps everything in one file)",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Converts a VM disk to a sparse raw temporary file with qemu-img.
 fn convert(path: &Path, format: VmFormat) -> Result<Image> {
     cmd::require_tool("qemu-img")?;
+    refuse_other_files(path, format)?;
     let tmp = tempfile::Builder::new()
         .prefix("airlock-image-")
         .suffix(".raw")
@@ -346,6 +592,28 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn overlapping_partitions_are_named() {
+        let part = |number: u32, start: u64, size: u64| crate::disk::gpt::PartitionInfo {
+            number,
+            label: format!("p{number}"),
+            type_guid: uuid::Uuid::nil(),
+            uuid: uuid::Uuid::nil(),
+            start,
+            size,
+        };
+        let mut g = GptInfo {
+            disk_guid: uuid::Uuid::nil(),
+            partitions: vec![part(1, 1 << 20, 1 << 20), part(2, 2 << 20, 4 << 20)],
+        };
+        assert!(overlaps(&g).is_empty());
+        g.partitions.push(part(3, 5 << 20, 2 << 20));
+        assert_eq!(
+            overlaps(&g),
+            ["partitions 2 (p2) and 3 (p3) overlap in bytes 5242880 to 6291456"]
+        );
+    }
 
     #[test]
     fn sniffs_formats() {
@@ -382,6 +650,89 @@ mod tests {
         assert_eq!(
             img.file_sha256.unwrap(),
             hex::encode(Sha256::digest(&zbytes))
+        );
+    }
+
+    #[test]
+    fn a_vm_disk_with_a_backing_file_is_refused_naming_it() {
+        if crate::cmd::which("qemu-img").is_none() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().join("host.raw");
+        let mut secret = vec![0u8; 1 << 20];
+        secret[..6].copy_from_slice(b"secret");
+        std::fs::write(&host, &secret).unwrap();
+        let evil = d.path().join("evil.qcow2");
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&host)
+            .arg(&evil)
+            .run()
+            .unwrap();
+        let err = format!("{:#}", Image::open(&evil, false).unwrap_err());
+        assert!(
+            err.contains("with a backing file, ") && err.contains(host.to_str().unwrap()),
+            "{err}"
+        );
+        // The same disk flattened is read.
+        let flat = d.path().join("flat.qcow2");
+        Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "qcow2", "-O", "qcow2"])
+            .arg(&evil)
+            .arg(&flat)
+            .run()
+            .unwrap();
+        let img = Image::open(&flat, false).unwrap();
+        let mut head = [0u8; 6];
+        img.file().read_exact_at(&mut head, 0).unwrap();
+        assert_eq!(&head, b"secret");
+    }
+
+    #[test]
+    fn pipes_and_endless_files_are_refused_without_waiting() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo.raw");
+        let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(format!("{:#}", Image::open(&p, false).unwrap_err()));
+        });
+        let err = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("opening a named pipe hung");
+        assert!(
+            err.contains("it is a named pipe, not a regular file or a block device"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            read_small_file(Path::new("/dev/zero"), SMALL_FILE_LIMIT, "manifest").unwrap_err()
+        );
+        assert!(
+            err.contains("it is a character device, not a regular file"),
+            "{err}"
+        );
+        let big = d.path().join("big.json");
+        File::create(&big)
+            .unwrap()
+            .set_len(SMALL_FILE_LIMIT + 1)
+            .unwrap();
+        let err = format!(
+            "{:#}",
+            read_small_file(&big, SMALL_FILE_LIMIT, "manifest").unwrap_err()
+        );
+        assert!(
+            err.contains("more than the 64 MiB a manifest can be"),
+            "{err}"
+        );
+        let ok = d.path().join("ok.json");
+        std::fs::write(&ok, b"{}").unwrap();
+        assert_eq!(
+            read_small_file(&ok, SMALL_FILE_LIMIT, "manifest").unwrap(),
+            b"{}"
         );
     }
 

@@ -300,7 +300,7 @@ fn demo_qcow2_boots_and_verifies() {
             .unwrap(),
     );
     assert!(
-        verified.contains("verified: the image matches its manifest"),
+        verified.contains("verified: every mapped block and every listed file match the build"),
         "{verified}"
     );
     let o = airlock()

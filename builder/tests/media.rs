@@ -293,9 +293,14 @@ fn build_inspect_verify_round_trip_and_damage_is_named() {
         text.contains("FAILED   ESP /airlock/6.1.0-28-amd64/linux: sha256 is "),
         "{text}"
     );
-    assert!(text.contains("\n2 differences\n"), "{text}");
+    // The block map beside the manifest sees both bytes too.
     assert!(
-        err.contains("stick.img differs from its manifest in 2 places"),
+        text.contains("FAILED   block map ") && text.contains("2 of 3 ranges differ"),
+        "{text}"
+    );
+    assert!(text.contains("\n3 differences\n"), "{text}");
+    assert!(
+        err.contains("stick.img differs from its manifest in 3 places"),
         "{err}"
     );
 
@@ -325,7 +330,11 @@ fn build_inspect_verify_round_trip_and_damage_is_named() {
     let text = stdout(&o);
     run_err(o);
     assert!(text.contains("FAILED   /etc/motd: mode is 0600, manifest says 0644; owner is 1000:0, manifest says 0:0"), "{text}");
-    assert!(text.contains("\n1 difference\n"), "{text}");
+    assert!(
+        text.contains("FAILED   block map ") && text.contains("partition 2 (root)"),
+        "{text}"
+    );
+    assert!(text.contains("\n2 differences\n"), "{text}");
 
     // A damaged GPT is named, and the files are still checked.
     flip(&changed, 512 + 60);
@@ -564,7 +573,8 @@ fn verify_checks_the_block_map_beside_the_image() {
     let (s, l) = map.bytes(bad);
     assert!(
         text.contains(&format!(
-            "FAILED   block map {}: blocks {}-{} (bytes {s} to {}) have sha256 ",
+            "FAILED   block map {}: blocks {}-{} (bytes {s} to {}, in the partition table and \
+             partition 1 (ESP)) have sha256 ",
             copy.join("tiny.bmap").display(),
             bad.first,
             bad.last,
@@ -580,6 +590,266 @@ fn verify_checks_the_block_map_beside_the_image() {
     // the image's digest).
     assert!(text.contains("ok       root files"), "{text}");
     assert!(text.contains("\n2 differences\n"), "{text}");
+}
+
+/// `verify --json` of `image` with extra arguments: (exit ok, stdout JSON).
+fn verify_json(image: &Path, args: &[&std::ffi::OsStr]) -> (bool, serde_json::Value) {
+    let o = airlock()
+        .args(["verify", "--json"])
+        .arg(image)
+        .args(args)
+        .output()
+        .unwrap();
+    let j = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+    (o.status.success(), j)
+}
+
+#[test]
+fn a_planted_base_file_on_a_written_stick_is_caught_by_the_map_beside_the_manifest() {
+    if !tools() {
+        return;
+    }
+    let fx = Fixture::new();
+    let out = build(&fx, |t| t, "out", &[]);
+    let m = manifest(&out);
+    let (root_off, root_len) = partition(&m, "root");
+    let manifest_json = out.join("manifest.json");
+    // A stick twice the image's size: `write` moves the backup GPT to its end.
+    let stick = fx.path("stick.img");
+    fs::File::create(&stick)
+        .unwrap()
+        .set_len(2 * fs::metadata(out.join("tiny.raw")).unwrap().len())
+        .unwrap();
+    run_ok(
+        airlock()
+            .arg("write")
+            .arg(out.join("tiny.raw"))
+            .arg(&stick)
+            .arg("--yes")
+            .output()
+            .unwrap(),
+    );
+    let with_manifest = [
+        std::ffi::OsStr::new("--manifest"),
+        manifest_json.as_os_str(),
+    ];
+    let (ok, j) = verify_json(&stick, &with_manifest);
+    assert!(ok, "{j}");
+    assert_eq!(j["bmap"].as_str(), out.join("tiny.bmap").to_str(), "{j}");
+    assert_eq!(j["coverage"], "all-mapped-blocks", "{j}");
+
+    // A base file (not one airlock placed) rewritten in place.
+    let at = find_once(&stick, root_off, root_len, b"\x7fELF ping");
+    flip(&stick, at + 1);
+    let o = verify(&stick, Some(&manifest_json));
+    let text = stdout(&o);
+    run_err(o);
+    assert!(text.contains("FAILED   block map "), "{text}");
+    assert!(text.contains(" partition 2 (root)) have sha256"), "{text}");
+    assert!(
+        text.contains("the device was booted or altered since it was written"),
+        "{text}"
+    );
+    assert!(text.contains("ok       root files"), "{text}");
+    flip(&stick, at + 1);
+    assert!(verify_json(&stick, &with_manifest).0);
+
+    // A new file planted in the root filesystem with debugfs.
+    let part = fx.path("root.img");
+    extract_range(&stick, root_off, root_len, &part);
+    let payload = fx.path("payload");
+    fs::write(&payload, "* * * * * root /bin/sh -c evil\n").unwrap();
+    run_ok(
+        Command::new("debugfs")
+            .arg("-w")
+            .arg("-R")
+            .arg(format!("write {} /etc/backdoor", payload.display()))
+            .arg(&part)
+            .output()
+            .unwrap(),
+    );
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&stick)
+        .unwrap()
+        .write_all_at(&fs::read(&part).unwrap(), root_off)
+        .unwrap();
+    let (ok, j) = verify_json(&stick, &with_manifest);
+    assert!(!ok, "{j}");
+    assert!(
+        j["failures"][0]["subject"]
+            .as_str()
+            .unwrap()
+            .starts_with("block map "),
+        "{j}"
+    );
+
+    // Without a block map the check is weaker, and says so.
+    let alone = fx.path("alone");
+    fs::create_dir(&alone).unwrap();
+    fs::copy(&manifest_json, alone.join("manifest.json")).unwrap();
+    let o = verify(&stick, Some(&alone.join("manifest.json")));
+    let text = stdout(&o);
+    run_ok(o);
+    assert!(
+        text.contains("the base's own files were NOT checked"),
+        "{text}"
+    );
+    assert!(!text.contains("the image matches its manifest"), "{text}");
+    let alone_manifest = alone.join("manifest.json");
+    let (ok, j) = verify_json(
+        &stick,
+        &[
+            std::ffi::OsStr::new("--manifest"),
+            alone_manifest.as_os_str(),
+        ],
+    );
+    assert!(ok && j["bmap"].is_null(), "{j}");
+    assert_eq!(j["coverage"], "placed-files-only", "{j}");
+    // --bmap names the map; one the manifest does not list is refused.
+    let map = out.join("tiny.bmap");
+    let (ok, _) = verify_json(
+        &stick,
+        &[
+            std::ffi::OsStr::new("--manifest"),
+            alone_manifest.as_os_str(),
+            std::ffi::OsStr::new("--bmap"),
+            map.as_os_str(),
+        ],
+    );
+    assert!(!ok);
+    let forged = fx.path("forged.bmap");
+    let bar = indicatif::ProgressBar::hidden();
+    fs::write(
+        &forged,
+        airlock::bmap::create(&stick, &bar).unwrap().to_xml(),
+    )
+    .unwrap();
+    let (ok, j) = verify_json(
+        &stick,
+        &[
+            std::ffi::OsStr::new("--manifest"),
+            alone_manifest.as_os_str(),
+            std::ffi::OsStr::new("--bmap"),
+            forged.as_os_str(),
+        ],
+    );
+    assert!(!ok, "{j}");
+    assert!(
+        j.to_string()
+            .contains("it is not the block map of this build"),
+        "{j}"
+    );
+}
+
+#[test]
+fn a_dd_written_stick_is_read_and_junk_is_named_as_not_a_disk() {
+    if !tools() {
+        return;
+    }
+    let fx = Fixture::new();
+    let out = build(&fx, |t| t, "out", &[]);
+    // Plain dd onto a stick twice the image's size: the backup GPT stays
+    // in the middle.
+    let stick = fx.path("dd.img");
+    fs::copy(out.join("tiny.raw"), &stick).unwrap();
+    let size = fs::metadata(&stick).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&stick)
+        .unwrap()
+        .set_len(2 * size)
+        .unwrap();
+    let text = run_ok_stdout(inspect(&[], &stick));
+    assert!(text.contains("Boot "), "{text}");
+    assert!(
+        text.contains("the image was written with plain dd onto a larger disk")
+            && text.contains("sgdisk -e"),
+        "{text}"
+    );
+    let o = verify(&stick, Some(&out.join("manifest.json")));
+    let text = stdout(&o);
+    run_ok(o);
+    assert!(
+        text.contains("note:     the backup GPT is at sector"),
+        "{text}"
+    );
+    assert!(text.contains("ok       block map"), "{text}");
+
+    // An empty file and one of random bytes are not disk images.
+    let empty = fx.path("empty.raw");
+    fs::write(&empty, b"").unwrap();
+    let junk = fx.path("junk.raw");
+    let bytes: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(&junk, &bytes).unwrap();
+    for (file, why) in [
+        (&empty, "it is empty"),
+        (&junk, "it has neither a protective MBR nor a GPT header"),
+    ] {
+        let want = format!("{} is not a disk image: {why}", file.display());
+        let err = run_err(verify(file, None));
+        assert!(err.contains(&want), "{err}");
+        assert!(!err.contains("no readable manifest"), "{err}");
+        let err = run_err(inspect(&[], file));
+        assert!(err.contains(&want), "{err}");
+    }
+}
+
+#[test]
+fn overlapping_partitions_fail_verify_and_warn_in_inspect() {
+    if !tools() {
+        return;
+    }
+    let fx = Fixture::new();
+    let out = build(&fx, |t| t, "out", &[]);
+    let crafted = fx.path("overlap.raw");
+    fs::copy(out.join("tiny.raw"), &crafted).unwrap();
+    // The root partition now starts 8 sectors inside the ESP, in both
+    // copies of the table, with their CRCs made right again (gptman and
+    // sgdisk refuse to write this).
+    let esp_end = {
+        let (s, l) = partition(&manifest(&out), "esp");
+        s + l
+    };
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&crafted)
+        .unwrap();
+    let last = fs::metadata(&crafted).unwrap().len() / 512 - 1;
+    for header_lba in [1, last] {
+        let mut h = [0u8; 92];
+        f.read_exact_at(&mut h, header_lba * 512).unwrap();
+        let entries_lba = u64::from_le_bytes(h[72..80].try_into().unwrap());
+        let count = u32::from_le_bytes(h[80..84].try_into().unwrap()) as usize;
+        let mut e = vec![0u8; count * 128];
+        f.read_exact_at(&mut e, entries_lba * 512).unwrap();
+        e[128 + 32..128 + 40].copy_from_slice(&(esp_end / 512 - 8).to_le_bytes());
+        f.write_all_at(&e, entries_lba * 512).unwrap();
+        h[88..92].copy_from_slice(&crc32fast::hash(&e).to_le_bytes());
+        h[16..20].fill(0);
+        let crc = crc32fast::hash(&h);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        f.write_all_at(&h, header_lba * 512).unwrap();
+    }
+    drop(f);
+    let o = verify(&crafted, Some(&out.join("manifest.json")));
+    let text = stdout(&o);
+    run_err(o);
+    let want = format!(
+        "partitions 1 (ESP) and 2 (root) overlap in bytes {} to {esp_end}",
+        esp_end - 8 * 512
+    );
+    assert!(
+        text.contains(&format!("FAILED   partition table: {want}")),
+        "{text}"
+    );
+    let o = inspect(&[], &crafted);
+    let text = stdout(&o);
+    assert!(text.contains(&format!("WARNING: {want}")), "{text}");
 }
 
 /// A control-plane node image built from small made-up inputs (the
@@ -869,7 +1139,7 @@ fn inspect_and_verify_a_node_image_as_an_ordinary_user() {
         assert!(v.contains("ok       image sha256"), "{image}: {v}");
         assert!(v.contains("ok       block map"), "{image}: {v}");
         assert!(
-            v.contains("verified: the image matches its manifest"),
+            v.contains("verified: every mapped block and every listed file match the build"),
             "{image}: {v}"
         );
         // One file of the image, read without mounting it.

@@ -427,6 +427,118 @@ fn refusals_without_a_device() {
     );
 }
 
+#[test]
+fn pseudo_files_build_outputs_and_locked_files_are_refused() {
+    if !tools() {
+        return;
+    }
+    let (fx, out) = built();
+    let image = out.join("tiny.raw");
+    let err = run_err(write(&["--yes"], &image, Path::new("/proc/self/mem")));
+    assert!(
+        err.contains("refusing to write to /proc/self/mem: it is on a proc pseudo-filesystem"),
+        "{err}"
+    );
+    for name in ["tiny.bmap", "manifest.json", "SHA256SUMS", "tiny.raw.zst"] {
+        let before = sha256_file(&out.join(name));
+        let err = run_err(write(&["--yes"], &image, &out.join(name)));
+        assert!(
+            err.contains(&format!(
+                "it is {name}, one of the build's outputs beside {}",
+                image.display()
+            )),
+            "{name}: {err}"
+        );
+        assert_eq!(sha256_file(&out.join(name)), before, "{name} was changed");
+    }
+    // The same refusal from a .raw.zst, for the .raw beside it.
+    let err = run_err(write(&["--yes"], &out.join("tiny.raw.zst"), &image));
+    assert!(
+        err.contains("it is tiny.raw, one of the build's outputs"),
+        "{err}"
+    );
+
+    // A file another program holds a flock on.
+    let target = fx.path("held.img");
+    garbage_file(&target, 1 << 20);
+    if have("flock") {
+        let mut holder = Command::new("flock")
+            .arg("-x")
+            .arg(&target)
+            .args(["sleep", "60"])
+            .spawn()
+            .unwrap();
+        // Held once a non-blocking flock of our own fails.
+        for _ in 0..100 {
+            let free = Command::new("flock")
+                .arg("-n")
+                .arg(&target)
+                .arg("true")
+                .status()
+                .unwrap()
+                .success();
+            if !free {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let o = write(&["--yes"], &image, &target);
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        let err = run_err(o);
+        assert!(
+            err.contains("another program holds a lock on it (flock"),
+            "{err}"
+        );
+    }
+    // A disk image a running (paused) QEMU has open: it takes fcntl (OFD)
+    // locks, which /proc/locks lists with the file's inode number.
+    if have("qemu-system-x86_64") {
+        use std::os::unix::fs::MetadataExt;
+        let spec = format!(
+            "file={},format=raw,if=virtio",
+            target.display().to_string().replace(',', ",,")
+        );
+        let mut vm = Command::new("qemu-system-x86_64")
+            .args(["-machine", "q35", "-accel", "tcg", "-nodefaults", "-S"])
+            .args(["-display", "none", "-monitor", "none", "-serial", "none"])
+            .args(["-nic", "none", "-drive"])
+            .arg(&spec)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let ino = format!(":{} ", fs::metadata(&target).unwrap().ino());
+        let mut locked = false;
+        for _ in 0..200 {
+            let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+            if locks
+                .lines()
+                .any(|l| l.contains("OFDLCK") && l.contains(&ino))
+            {
+                locked = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let o = write(&["--yes"], &image, &target);
+        vm.kill().unwrap();
+        vm.wait().unwrap();
+        assert!(locked, "QEMU never locked {}", target.display());
+        let err = run_err(o);
+        // (Where the filesystem emulates flock with fcntl locks, the flock
+        // probe is the one that finds it.)
+        assert!(
+            err.contains("another program holds a lock on it ("),
+            "{err}"
+        );
+    }
+    assert!(
+        fs::read(&target).unwrap().iter().all(|&b| b == 0xaa),
+        "a held file was written"
+    );
+}
+
 /// A tmpfs of `mib` MiB, unmounted on drop.
 struct Tmpfs(PathBuf);
 
@@ -645,6 +757,35 @@ fn loop_devices_smaller_fixed_and_mounted_are_refused() {
     assert!(v.contains("No problems found"), "{v}");
     drop(l);
     check_target(&fx, &out, &back);
+}
+
+#[test]
+fn the_backing_file_of_a_loop_device_is_refused() {
+    if !loops() {
+        return;
+    }
+    let (fx, out) = built();
+    let back = fx.path("loop.back");
+    garbage_file(&back, 2 * image_size(&out));
+    let Some(l) = Loop::new(&back, false) else {
+        assert!(std::env::var_os("CI").is_none(), "losetup failed in CI");
+        eprintln!("skipping: losetup failed");
+        return;
+    };
+    let o = write(&["--yes"], &out.join("tiny.raw"), &back);
+    drop(l);
+    let err = run_err(o);
+    assert!(
+        err.contains(&format!(
+            "refusing to write to {}: it is the backing file of /dev/loop",
+            back.display()
+        )) && err.contains("losetup -d /dev/loop"),
+        "{err}"
+    );
+    assert!(
+        fs::read(&back).unwrap().iter().all(|&b| b == 0xaa),
+        "the backing file was written"
+    );
 }
 
 #[test]

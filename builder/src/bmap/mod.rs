@@ -261,8 +261,10 @@ impl Bmap {
     }
 
     pub fn load(path: &Path) -> Result<Bmap> {
-        let text =
-            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes =
+            crate::image::read_small_file(path, crate::image::SMALL_FILE_LIMIT, "block map")?;
+        let text = String::from_utf8(bytes)
+            .with_context(|| format!("{} is not text: not a block map", path.display()))?;
         Bmap::parse(&text, &path.display().to_string())
     }
 }
@@ -369,7 +371,8 @@ pub fn check_sums(bmap_path: &Path) -> Result<bool> {
     }) else {
         return Ok(false);
     };
-    let data = fs::read(bmap_path).with_context(|| format!("reading {}", bmap_path.display()))?;
+    let data =
+        crate::image::read_small_file(bmap_path, crate::image::SMALL_FILE_LIMIT, "block map")?;
     let got = hex::encode(Sha256::digest(&data));
     if got != want {
         bail!(

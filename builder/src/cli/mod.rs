@@ -52,8 +52,12 @@ pub enum Cmd {
 /// Reads IMAGE (a .raw, a .raw.zst, a .qcow2/.vmdk/.vhdx, or the block
 /// device or file a stick was written to) as an ordinary user, without
 /// mounting: checks both GPT headers and their CRCs, the partitions, and
-/// the sha256, owner and mode of every file the manifest lists in the root
-/// filesystem and on the ESP. The manifest is --manifest, else the
+/// the sha256, owner and mode of every file the manifest lists (the files
+/// airlock placed, not the base's) in the root filesystem and on the ESP.
+/// With the build's block map (--bmap, else the .bmap beside IMAGE or
+/// beside the manifest) it also checks the sha256 of every mapped block,
+/// which covers the base's files; without one, the output says that the
+/// base's files were not checked. The manifest is --manifest, else the
 /// manifest.json beside IMAGE, else the copy inside the image (weaker: who
 /// can rewrite the image can rewrite that too). A .raw.zst is decompressed
 /// into $TMPDIR first (holes kept). Prints each difference and exits
@@ -66,6 +70,11 @@ pub struct VerifyArgs {
     /// The build's manifest.json to check against [default: beside IMAGE, else inside it].
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
+
+    /// The build's block map (.bmap) to check every mapped block with
+    /// [default: beside IMAGE, else the one the manifest lists beside it].
+    #[arg(long, value_name = "FILE")]
+    pub bmap: Option<PathBuf>,
 
     /// Print the report as JSON on stdout.
     #[arg(long)]
@@ -293,7 +302,8 @@ pub fn boot(a: BootArgs) -> Result<()> {
 }
 
 pub fn verify(a: VerifyArgs) -> Result<()> {
-    let report = crate::verify::verify(&a.image, a.manifest.as_deref(), !a.json)?;
+    let report =
+        crate::verify::verify(&a.image, a.manifest.as_deref(), a.bmap.as_deref(), !a.json)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::disk::gpt::{self, PartitionInfo};
+use crate::disk::gpt::PartitionInfo;
 use crate::image::{self, Image};
 use crate::manifest::{self, Manifest, UnitRecord};
 
@@ -53,6 +53,8 @@ pub struct Report {
     pub secrets: Option<Value>,
     /// What could not be read, in words.
     pub problems: Vec<String>,
+    /// What is worth knowing but not a problem, in words.
+    pub notes: Vec<String>,
 }
 
 /// systemd-boot's configuration on the ESP.
@@ -87,10 +89,25 @@ pub fn inspect(path: &Path, progress: bool) -> Result<Report> {
         size: img.size()?,
         ..Report::default()
     };
-    let gpt = match gpt::read(&mut img.file()) {
-        Ok(g) => g,
-        Err(e) => bail!("reading the partition table of {}: {e:#}", path.display()),
+    if let Some(why) = image::not_a_disk(&img)? {
+        bail!("{why}");
+    }
+    let gpt = match image::read_gpt(&img) {
+        Ok((g, note)) => {
+            r.notes.extend(note);
+            g
+        }
+        Err(e) => bail!(
+            "reading the partition table of {}: {e:#} (a stick written with dd keeps the \
+             backup GPT at the image's end; `sgdisk -e` moves it)",
+            path.display()
+        ),
     };
+    r.notes.extend(
+        image::overlaps(&gpt)
+            .into_iter()
+            .map(|o| format!("WARNING: {o}")),
+    );
     r.disk_guid = Some(gpt.disk_guid);
     r.partitions = gpt.partitions.clone();
     let (esp, root) = image::find_partitions(&gpt);
@@ -252,7 +269,10 @@ fn parse_entry(file: &str, text: &str) -> BootEntry {
 /// Copies one file of the root filesystem to `out` (symlinks followed).
 pub fn cat(path: &Path, file: &str, out: &mut dyn Write) -> Result<()> {
     let img = Image::open(path, false)?;
-    let gpt = gpt::read(&mut img.file())
+    if let Some(why) = image::not_a_disk(&img)? {
+        bail!("{why}");
+    }
+    let (gpt, _) = image::read_gpt(&img)
         .with_context(|| format!("reading the partition table of {}", path.display()))?;
     let (_, root) = image::find_partitions(&gpt);
     let root = root.with_context(|| format!("{} has no root partition", path.display()))?;

@@ -127,6 +127,9 @@ pub fn render(r: &Report) -> String {
             value(&mut s, label, v);
         }
     }
+    if !r.notes.is_empty() {
+        list(&mut s, "Notes", &r.notes);
+    }
     if !r.problems.is_empty() {
         list(&mut s, "Problems", &r.problems);
     }
@@ -330,6 +333,7 @@ mod tests {
             node: Some(json!({ "role": "init", "name": "cp-1", "control_plane_endpoint": "10.0.0.10:6443" })),
             secrets: Some(json!(["bootstrap-token", "ca.crt", "ca.key"])),
             problems: vec![],
+            notes: vec![],
         }
     }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{CheckResult, Failure, ManifestSource};
-use crate::disk::gpt::GptInfo;
+use crate::disk::gpt::{GptInfo, PartitionInfo};
 use crate::disk::layout::{DiskLayout, PartitionPlan};
 use crate::image::{self, CopyError, Image, Range};
 use crate::manifest::{self, EspRecord, FileRecord};
@@ -241,21 +241,40 @@ pub(super) fn root_file(fs: &Ext4, rec: &FileRecord) -> CheckResult {
 
 /// Every range of the block map `map` (read from `shown`) against the
 /// image's bytes: the ranges a writer copies are the ones the map vouches
-/// for. The first bad range is named, with how many more there are.
-pub(super) fn block_map(img: &Image, map: &crate::bmap::Bmap, shown: &str) -> CheckResult {
+/// for, the base's files among them. On a device larger than the image
+/// whose GPT `write` moved to its end, the image's own GPT is put back in
+/// memory before hashing. Bad ranges are named with the partition they lie
+/// in (of `parts`), the first few in full.
+pub(super) fn block_map(
+    img: &Image,
+    map: &crate::bmap::Bmap,
+    shown: &str,
+    parts: Option<&[PartitionInfo]>,
+) -> CheckResult {
     use std::os::unix::fs::FileExt;
     let subject = format!("block map {shown}");
     let size = img.size()?;
-    if size != map.image_size {
+    if size < map.image_size {
         return Ok(Err(Failure::new(
             subject,
             format!(
-                "describes an image of {} bytes, but the image has {size}",
-                map.image_size
+                "describes an image of {} bytes, but {} has only {size}",
+                map.image_size,
+                img.path.display()
             ),
         )));
     }
     let f = img.file();
+    let restore = if size > map.image_size {
+        let mut head = vec![0u8; crate::write::gpt::HEAD as usize];
+        f.read_exact_at(&mut head, 0)
+            .with_context(|| format!("reading the start of {}", img.path.display()))?;
+        // A GPT that cannot be planned back is left as it is: its ranges
+        // then differ and are reported.
+        crate::write::gpt::restore(&head, map.image_size, size).unwrap_or(None)
+    } else {
+        None
+    };
     let mut buf = vec![0u8; 4 << 20];
     let mut bad: Vec<String> = Vec::new();
     for r in &map.ranges {
@@ -266,32 +285,70 @@ pub(super) fn block_map(img: &Image, map: &crate::bmap::Bmap, shown: &str) -> Ch
             let n = ((start + len - off) as usize).min(buf.len());
             f.read_exact_at(&mut buf[..n], off)
                 .with_context(|| format!("reading {} at offset {off}", img.path.display()))?;
+            if let Some(rel) = &restore {
+                rel.apply(off, &mut buf[..n]);
+            }
             h.update(&buf[..n]);
             off += n as u64;
         }
         let got = hex::encode(h.finalize());
         if got != r.sha256 {
             bad.push(format!(
-                "blocks {}-{} (bytes {start} to {}) have sha256 {got}, the map says {}",
+                "blocks {}-{} (bytes {start} to {}{}) have sha256 {got}, the map says {}",
                 r.first,
                 r.last,
                 start + len,
+                place(parts, start, len),
                 r.sha256
             ));
         }
     }
+    const SHOWN: usize = 5;
+    let hint = "the image was changed, or the device was booted or altered since it was written";
     match bad.len() {
         0 => Ok(Ok(())),
-        1 => Ok(Err(Failure::new(subject, bad.remove(0)))),
-        n => Ok(Err(Failure::new(
+        1 => Ok(Err(Failure::new(
             subject,
-            format!(
-                "{n} of {} ranges differ; the first: {}",
-                map.ranges.len(),
-                bad[0]
-            ),
+            format!("{}; {hint}", bad.remove(0)),
         ))),
+        n => {
+            let more = if n > SHOWN {
+                format!("; and {} more", n - SHOWN)
+            } else {
+                String::new()
+            };
+            bad.truncate(SHOWN);
+            Ok(Err(Failure::new(
+                subject,
+                format!(
+                    "{n} of {} ranges differ: {}{more}; {hint}",
+                    map.ranges.len(),
+                    bad.join("; ")
+                ),
+            )))
+        }
     }
+}
+
+/// Where a byte range lies: ", in the partition table and partition N
+/// (label)", or nothing when outside the table and every partition.
+fn place(parts: Option<&[PartitionInfo]>, start: u64, len: u64) -> String {
+    let end = start + len;
+    let mut inside: Vec<String> = Vec::new();
+    if start < crate::write::gpt::HEAD {
+        inside.push("the partition table".into());
+    }
+    inside.extend(
+        parts
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| p.start < end && start < p.start + p.size)
+            .map(|p| format!("partition {} ({})", p.number, p.label)),
+    );
+    if inside.is_empty() {
+        return String::new();
+    }
+    format!(", in {}", inside.join(" and "))
 }
 
 #[cfg(test)]

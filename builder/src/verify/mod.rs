@@ -17,11 +17,11 @@ mod checks;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::disk::gpt::{self, GptInfo};
+use crate::disk::gpt::GptInfo;
 use crate::image::{self, Image, Range};
 use crate::manifest::{self, Manifest};
 
@@ -86,11 +86,45 @@ pub struct Report {
     pub image: PathBuf,
     pub kind: image::Kind,
     pub manifest: ManifestSource,
-    /// The block map beside the image that its ranges were checked with.
+    /// The block map whose ranges were checked: --bmap, else beside the
+    /// image, else the one the manifest lists beside it.
     pub bmap: Option<PathBuf>,
+    /// How much of the image was checked.
+    pub coverage: Coverage,
+    /// What is worth knowing but not a difference (a backup GPT left in
+    /// the middle of a larger stick by dd).
+    pub notes: Vec<String>,
     /// Checks that passed.
     pub passed: Vec<Passed>,
     pub failures: Vec<Failure>,
+}
+
+/// How much of the image the checks covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Coverage {
+    /// Every block the block map lists (the base's files included), plus
+    /// the files the manifest lists.
+    AllMappedBlocks,
+    /// Only the partition table and the files airlock placed: without a
+    /// block map the base's own files are not checked.
+    PlacedFilesOnly,
+}
+
+impl Coverage {
+    /// What was and was not checked, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Coverage::AllMappedBlocks => {
+                "every mapped block of the image (the base's files included) and every file the \
+                 manifest lists"
+            }
+            Coverage::PlacedFilesOnly => {
+                "only the partition table and the files airlock placed; the base's own files \
+                 were NOT checked (no block map: pass --bmap with the build's .bmap)"
+            }
+        }
+    }
 }
 
 /// A check that passed, and how many times (once per file for files).
@@ -101,17 +135,37 @@ pub struct Passed {
     pub count: usize,
 }
 
-/// Verifies `path` against `manifest` (or the one beside or inside it).
-pub fn verify(path: &Path, manifest: Option<&Path>, progress: bool) -> Result<Report> {
+/// Verifies `path` against `manifest` (or the one beside or inside it),
+/// and every mapped block against `bmap` (or the block map found beside
+/// the image or the manifest).
+pub fn verify(
+    path: &Path,
+    manifest: Option<&Path>,
+    bmap: Option<&Path>,
+    progress: bool,
+) -> Result<Report> {
+    let external = external_manifest(path, manifest)?;
     let img = Image::open(path, progress)?;
+    if let Some(why) = image::not_a_disk(&img)? {
+        bail!("{why}");
+    }
     let mut v = Verifier {
         passed: Vec::new(),
         failures: Vec::new(),
     };
 
-    let gpt = v.one("GPT", || check_gpt(&img))?;
-    let bmap = block_map(&img, &mut v)?;
-    let external = external_manifest(path, manifest)?;
+    let mut notes = Vec::new();
+    let gpt = v.one("GPT", || check_gpt(&img, &mut notes))?;
+    for o in gpt.iter().flat_map(image::overlaps) {
+        v.failures.push(Failure::new("partition table", o));
+    }
+    let bmap = block_map(
+        &img,
+        bmap,
+        external.as_ref().map(|(m, _, s)| (m, s)),
+        gpt.as_ref(),
+        &mut v,
+    )?;
     let layout = external.as_ref().and_then(|(m, _, _)| m.disk.clone());
     let (esp, root) = locate(gpt.as_ref(), layout.as_ref());
 
@@ -200,7 +254,13 @@ pub fn verify(path: &Path, manifest: Option<&Path>, progress: bool) -> Result<Re
         image: path.to_path_buf(),
         kind: img.kind,
         manifest: source,
+        coverage: if bmap.is_some() {
+            Coverage::AllMappedBlocks
+        } else {
+            Coverage::PlacedFilesOnly
+        },
         bmap,
+        notes,
         passed: v.passed,
         failures: v.failures,
     })
@@ -253,37 +313,103 @@ fn found(failures: &[Failure]) -> String {
     format!(" (found: {})", all.join("; "))
 }
 
-fn check_gpt(img: &Image) -> Result<Result<GptInfo, Failure>> {
-    let mut f = img.file();
-    Ok(gpt::read(&mut f).map_err(|e| {
-        Failure::new(
+fn check_gpt(img: &Image, notes: &mut Vec<String>) -> Result<Result<GptInfo, Failure>> {
+    Ok(match image::read_gpt(img) {
+        Ok((g, note)) => {
+            notes.extend(note);
+            Ok(g)
+        }
+        Err(e) => Err(Failure::new(
             "GPT",
             format!("{e:#} (a stick written with dd keeps the backup GPT at the image's end; `sgdisk -e` moves it)"),
-        )
-    }))
+        )),
+    })
 }
 
-/// Checks an image file against the block map beside it (found as `write`
-/// and bmaptool find it), if there is one; returns the map's path.
-fn block_map(img: &Image, v: &mut Verifier) -> Result<Option<PathBuf>> {
-    if !matches!(img.kind, image::Kind::Raw | image::Kind::RawZst) {
-        return Ok(None);
-    }
-    let Some(p) = crate::bmap::candidates(&img.path)
-        .into_iter()
-        .find(|p| p.is_file())
-    else {
+/// Finds the block map and checks every mapped range of the image with
+/// it; returns the map's path. The map is `given` (--bmap), else one beside
+/// the image (found as `write` and bmaptool find it), else the one the
+/// external manifest lists among its outputs, in the manifest's folder. A
+/// map is refused when a SHA256SUMS beside it disagrees, or when the
+/// external manifest lists block maps and this one is none of them.
+fn block_map(
+    img: &Image,
+    given: Option<&Path>,
+    external: Option<(&Manifest, &ManifestSource)>,
+    gpt: Option<&GptInfo>,
+    v: &mut Verifier,
+) -> Result<Option<PathBuf>> {
+    let listed: Vec<(&String, &String)> = external
+        .map(|(m, _)| {
+            m.outputs
+                .iter()
+                .filter(|(name, _)| name.ends_with(".bmap"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let manifest_dir = external.and_then(|(_, s)| match s {
+        ManifestSource::File { path } | ManifestSource::Beside { path } => {
+            Some(path.parent().unwrap_or(Path::new("")).to_path_buf())
+        }
+        ManifestSource::Embedded => None,
+    });
+    let found = match given {
+        Some(p) => Some(p.to_path_buf()),
+        None => {
+            let beside_image = if img.kind == image::Kind::Device {
+                Vec::new()
+            } else {
+                crate::bmap::candidates(&img.path)
+            };
+            let beside_manifest = manifest_dir
+                .iter()
+                .flat_map(|d| listed.iter().map(move |(name, _)| d.join(name)));
+            beside_image
+                .into_iter()
+                .chain(beside_manifest)
+                .find(|p| p.is_file())
+        }
+    };
+    let Some(p) = found else {
         return Ok(None);
     };
     let shown = p.display().to_string();
-    let loaded = crate::bmap::check_sums(&p).and_then(|_| crate::bmap::Bmap::load(&p));
+    let loaded = crate::bmap::check_sums(&p)
+        .and_then(|_| vouched(&p, &listed, external.map(|(_, s)| s)))
+        .and_then(|_| crate::bmap::Bmap::load(&p));
     match loaded {
-        Ok(map) => v.record("block map", checks::block_map(img, &map, &shown)?),
+        Ok(map) => v.record(
+            "block map",
+            checks::block_map(img, &map, &shown, gpt.map(|g| g.partitions.as_slice()))?,
+        ),
         Err(e) => v
             .failures
             .push(Failure::new(format!("block map {shown}"), format!("{e:#}"))),
     }
     Ok(Some(p))
+}
+
+/// The block map at `p` is one the manifest lists (by sha256), when the
+/// manifest lists any: a map that is not could have been made to fit a
+/// changed image.
+fn vouched(p: &Path, listed: &[(&String, &String)], source: Option<&ManifestSource>) -> Result<()> {
+    let Some(source) = source else {
+        return Ok(());
+    };
+    if listed.is_empty() {
+        return Ok(());
+    }
+    let bytes = image::read_small_file(p, image::SMALL_FILE_LIMIT, "block map")?;
+    let got = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    if listed.iter().any(|(_, want)| **want == got) {
+        return Ok(());
+    }
+    let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+    bail!(
+        "has sha256 {got}, which is not that of the block map {source} lists ({}): it is not \
+         the block map of this build",
+        names.join(", ")
+    )
 }
 
 /// The ESP and root ranges: from the partition table, else the manifest.
@@ -312,7 +438,7 @@ fn external_manifest(
     given: Option<&Path>,
 ) -> Result<Option<(Manifest, Value, ManifestSource)>> {
     if let Some(p) = given {
-        let text = std::fs::read(p).with_context(|| format!("reading manifest {}", p.display()))?;
+        let text = image::read_small_file(p, image::SMALL_FILE_LIMIT, "manifest")?;
         let (m, v) = Manifest::parse(&text, &p.display().to_string())?;
         return Ok(Some((
             m,
@@ -327,9 +453,10 @@ fn external_manifest(
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default();
-    let Ok(text) = std::fs::read(&beside) else {
+    if !beside.is_file() {
         return Ok(None);
-    };
+    }
+    let text = image::read_small_file(&beside, image::SMALL_FILE_LIMIT, "manifest")?;
     let (m, v) = Manifest::parse(&text, &beside.display().to_string())?;
     if !m.outputs.contains_key(name) {
         tracing::info!("{} does not list {name}; not using it", beside.display());
@@ -350,6 +477,10 @@ pub fn render(r: &Report) -> String {
     if let Some(b) = &r.bmap {
         s.push_str(&format!("bmap:     {}\n", b.display()));
     }
+    s.push_str(&format!("checked:  {}\n", r.coverage.describe()));
+    for n in &r.notes {
+        s.push_str(&format!("note:     {n}\n"));
+    }
     for p in &r.passed {
         if p.count == 1 {
             s.push_str(&format!("ok       {}\n", p.check));
@@ -361,7 +492,15 @@ pub fn render(r: &Report) -> String {
         s.push_str(&format!("FAILED   {f}\n"));
     }
     match r.failures.len() {
-        0 => s.push_str("verified: the image matches its manifest\n"),
+        0 => s.push_str(match r.coverage {
+            Coverage::AllMappedBlocks => {
+                "verified: every mapped block and every listed file match the build\n"
+            }
+            Coverage::PlacedFilesOnly => {
+                "verified: the partition table and the files airlock placed match the manifest; \
+                 the base's own files were not checked (no block map)\n"
+            }
+        }),
         n => s.push_str(&format!(
             "{n} difference{}\n",
             if n == 1 { "" } else { "s" }
@@ -392,6 +531,8 @@ mod tests {
                 path: "out/tiny/manifest.json".into(),
             },
             bmap: None,
+            coverage: Coverage::PlacedFilesOnly,
+            notes: vec![],
             passed: vec![
                 Passed {
                     check: "GPT".into(),
@@ -413,6 +554,7 @@ mod tests {
         let want = "\
 image:    stick.img (raw image)
 manifest: out/tiny/manifest.json (--manifest)
+checked:  only the partition table and the files airlock placed; the base's own files were NOT checked (no block map: pass --bmap with the build's .bmap)
 ok       GPT
 ok       root files (13)
 FAILED   /usr/bin/kubelet: sha256 is 00, manifest says 11

@@ -109,10 +109,27 @@ pub fn find_firmware() -> Result<(PathBuf, PathBuf)> {
     bail!("no UEFI firmware found: install ovmf (Debian) or edk2-ovmf (Fedora), or pass --firmware CODE VARS")
 }
 
+/// `before` + `path` + `after` as one QEMU option string, with every comma
+/// of the path doubled: QEMU splits options at single commas, so a path
+/// like `/x/d,snapshot=off` would otherwise add options of its own. The
+/// path's bytes are kept as they are (not made UTF-8).
+fn option_with_path(before: &str, path: &Path, after: &str) -> OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut v = before.as_bytes().to_vec();
+    for &b in path.as_os_str().as_bytes() {
+        v.push(b);
+        if b == b',' {
+            v.push(b',');
+        }
+    }
+    v.extend_from_slice(after.as_bytes());
+    OsString::from_vec(v)
+}
+
 /// The QEMU command line (pure, so it can be checked without running it).
 pub fn qemu_argv(o: &VmOpts, format: ImageFormat, code: &Path, vars: &Path) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
-    let mut push = |s: &str| a.push(s.into());
+    let push = |a: &mut Vec<OsString>, s: &str| a.push(s.into());
     for s in [
         "-accel",
         "tcg",
@@ -121,44 +138,47 @@ pub fn qemu_argv(o: &VmOpts, format: ImageFormat, code: &Path, vars: &Path) -> V
         "-nodefaults",
         "-no-user-config",
     ] {
-        push(s);
+        push(&mut a, s);
     }
-    push("-m");
-    push(&o.memory_mib.to_string());
-    push("-smp");
-    push(&o.cpus.to_string());
-    push("-drive");
-    push(&format!(
-        "if=pflash,format=raw,unit=0,readonly=on,file={}",
-        code.display()
-    ));
-    push("-drive");
-    push(&format!(
-        "if=pflash,format=raw,unit=1,file={}",
-        vars.display()
-    ));
+    push(&mut a, "-m");
+    push(&mut a, &o.memory_mib.to_string());
+    push(&mut a, "-smp");
+    push(&mut a, &o.cpus.to_string());
     let fmt = match format {
         ImageFormat::Raw => "raw",
         ImageFormat::Qcow2 => "qcow2",
     };
-    push("-drive");
-    push(&format!(
-        "file={},format={fmt},if=virtio",
-        o.image.display()
+    push(&mut a, "-drive");
+    a.push(option_with_path(
+        "if=pflash,format=raw,unit=0,readonly=on,file=",
+        code,
+        "",
+    ));
+    push(&mut a, "-drive");
+    a.push(option_with_path(
+        "if=pflash,format=raw,unit=1,file=",
+        vars,
+        "",
+    ));
+    push(&mut a, "-drive");
+    a.push(option_with_path(
+        "file=",
+        &o.image,
+        &format!(",format={fmt},if=virtio"),
     ));
     if o.snapshot {
-        push("-snapshot");
+        push(&mut a, "-snapshot");
     }
     match o.net {
-        Net::None => push("-nic"),
-        Net::Restricted => push("-netdev"),
+        Net::None => push(&mut a, "-nic"),
+        Net::Restricted => push(&mut a, "-netdev"),
     }
     match o.net {
-        Net::None => push("none"),
+        Net::None => push(&mut a, "none"),
         Net::Restricted => {
-            push("user,id=n0,restrict=on");
-            push("-device");
-            push("virtio-net-pci,netdev=n0");
+            push(&mut a, "user,id=n0,restrict=on");
+            push(&mut a, "-device");
+            push(&mut a, "virtio-net-pci,netdev=n0");
         }
     }
     for s in [
@@ -170,7 +190,7 @@ pub fn qemu_argv(o: &VmOpts, format: ImageFormat, code: &Path, vars: &Path) -> V
         "none",
         "-no-reboot",
     ] {
-        push(s);
+        push(&mut a, s);
     }
     a
 }
@@ -187,6 +207,10 @@ pub enum Outcome {
 pub fn run(o: &VmOpts) -> Result<Outcome> {
     cmd::require_tool("qemu-system-x86_64")?;
     let format = detect_format(&o.image)?;
+    if format == ImageFormat::Qcow2 {
+        // A backing file would hand a host file to the guest.
+        crate::image::refuse_other_files(&o.image, crate::image::VmFormat::Qcow2)?;
+    }
     let (code, vars_template) = match &o.firmware {
         Some(p) => p.clone(),
         None => find_firmware()?,
@@ -394,6 +418,40 @@ mod tests {
         assert!(a.contains("-netdev user,id=n0,restrict=on"), "{a}");
         assert!(!a.contains("hostfwd") && !a.contains("-nic none"), "{a}");
         assert!(a.contains("format=qcow2"), "{a}");
+    }
+
+    #[test]
+    fn commas_in_paths_cannot_add_qemu_options() {
+        let mut o = opts(Net::None);
+        o.image = "/tmp/x/d,snapshot=off".into();
+        o.snapshot = true;
+        let a = qemu_argv(
+            &o,
+            ImageFormat::Raw,
+            Path::new("/fw,a/CODE.fd"),
+            Path::new("/tmp/v,readonly=off"),
+        );
+        let drives: Vec<String> = a
+            .windows(2)
+            .filter(|w| w[0] == "-drive")
+            .map(|w| w[1].to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            drives,
+            [
+                "if=pflash,format=raw,unit=0,readonly=on,file=/fw,,a/CODE.fd",
+                "if=pflash,format=raw,unit=1,file=/tmp/v,,readonly=off",
+                "file=/tmp/x/d,,snapshot=off,format=raw,if=virtio",
+            ]
+        );
+        assert!(a.iter().any(|s| s == "-snapshot"));
+        // Bytes that are not UTF-8 reach QEMU unchanged.
+        use std::os::unix::ffi::OsStrExt;
+        o.image = std::ffi::OsStr::from_bytes(b"/i/\xff,x").into();
+        let a = qemu_argv(&o, ImageFormat::Raw, Path::new("/c"), Path::new("/v"));
+        assert!(a
+            .iter()
+            .any(|s| s.as_bytes() == b"file=/i/\xff,,x,format=raw,if=virtio"));
     }
 
     #[test]

@@ -94,12 +94,14 @@ pub(crate) fn identify(host: &Host, path: &Path) -> Result<Kind> {
                     path.display()
                 );
             }
+            check_not_pseudo(parent)?;
             return Ok(Kind::NewFile);
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     let ft = meta.file_type();
     if ft.is_file() {
+        check_not_pseudo(path)?;
         return Ok(Kind::File(meta.len()));
     }
     if !ft.is_block_device() {
@@ -110,6 +112,86 @@ pub(crate) fn identify(host: &Host, path: &Path) -> Result<Kind> {
     }
     let (name, devno) = block_name(host, path, meta.rdev())?;
     Ok(Kind::Block(name, devno))
+}
+
+/// Refuses a regular file that something is using as a disk: the backing
+/// file of a loop device (whose filesystem may be mounted: writing under
+/// it corrupts it), or a file another program holds a lock on (QEMU locks
+/// the disk images it runs). The locks taken to find out stay with `file`
+/// while it is open, so such a program cannot start on it meanwhile.
+pub(crate) fn check_file_in_use(host: &Host, path: &Path, file: &fs::File) -> Result<()> {
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading the open {}", path.display()))?;
+    let id = (meta.dev(), meta.ino());
+    let mut loops: Vec<String> = fs::read_dir(host.sys.join("class/block"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with("loop"))
+                .collect()
+        })
+        .unwrap_or_default();
+    loops.sort();
+    for name in loops {
+        let Some(backing) = host.attr(&name, "loop/backing_file") else {
+            continue;
+        };
+        let same = fs::metadata(&backing).is_ok_and(|m| (m.dev(), m.ino()) == id);
+        if same {
+            bail!(
+                "refusing to write to {}: it is the backing file of /dev/{name} (its filesystem \
+                 may be mounted, and writing under it would corrupt it); unmount it and detach \
+                 the loop device first (losetup -d /dev/{name})",
+                path.display()
+            );
+        }
+    }
+    let held = |e: rustix::io::Errno| {
+        matches!(e, rustix::io::Errno::WOULDBLOCK | rustix::io::Errno::ACCESS)
+    };
+    use rustix::fs::FlockOperation::NonBlockingLockExclusive;
+    let locked = match rustix::fs::flock(file, NonBlockingLockExclusive) {
+        Err(e) if held(e) => Some("flock"),
+        _ => match rustix::fs::fcntl_lock(file, NonBlockingLockExclusive) {
+            Err(e) if held(e) => Some("fcntl"),
+            _ => None,
+        },
+    };
+    if let Some(kind) = locked {
+        bail!(
+            "refusing to write to {}: another program holds a lock on it ({kind}; a running \
+             VM, for one, locks its disk image); stop it first (fuser -v {} names it)",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a path on a filesystem that only looks like files: /proc and
+/// /sys (`/proc/self/mem` is a "regular file" that fails mid-write).
+pub(crate) fn check_not_pseudo(path: &Path) -> Result<()> {
+    let Ok(st) = rustix::fs::statfs(path) else {
+        return Ok(());
+    };
+    let kind = match st.f_type as u64 {
+        0x9fa0 => "proc",
+        0x6265_6572 => "sysfs",
+        0x6462_6720 => "debugfs",
+        0x7472_6163 => "tracefs",
+        0x0027_e0eb => "cgroup",
+        0x6367_7270 => "cgroup2",
+        0x7363_6673 => "securityfs",
+        0xcafe_4a11 => "bpf",
+        0x6e73_6673 => "nsfs",
+        _ => return Ok(()),
+    };
+    bail!(
+        "refusing to write to {}: it is on a {kind} pseudo-filesystem, not a disk or a file on \
+         one; name the stick (/dev/sdX) or a file on a real filesystem",
+        path.display()
+    )
 }
 
 /// The kernel name and device number of the block device open as `file`:

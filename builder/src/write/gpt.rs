@@ -161,6 +161,47 @@ pub(crate) fn relocate(
     }))
 }
 
+/// The reverse of [`relocate`], for checking a written device against the
+/// image's block map: the image's own protective MBR and GPT, planned from
+/// the device's primary GPT for `image_size`, as patches that turn the
+/// device's first `image_size` bytes back into the image's. `None` when the
+/// device's backup GPT is not at the device's end (a device the size of the
+/// image, or one written with plain dd): then nothing was moved.
+pub(crate) fn restore(
+    head: &[u8],
+    image_size: u64,
+    device_size: u64,
+) -> Result<Option<Relocation>> {
+    if device_size <= image_size || !has_gpt(head) {
+        return Ok(None);
+    }
+    let mut gpt = GPT::read_from(&mut Cursor::new(head), SECTOR)
+        .context("reading the device's primary GPT")?;
+    if gpt.header.backup_lba != device_size / SECTOR - 1 {
+        return Ok(None);
+    }
+    let mut rec = Recorder {
+        len: image_size,
+        pos: 0,
+        writes: Vec::new(),
+    };
+    gpt.header
+        .update_from(&mut rec, SECTOR)
+        .context("sizing the GPT for the image")?;
+    GPT::write_protective_mbr_into(&mut rec, SECTOR).context("writing the protective MBR")?;
+    gpt.write_into(&mut rec)
+        .context("writing the GPT for the image")?;
+    let patches = rec
+        .writes
+        .into_iter()
+        .filter(|(at, b)| at + b.len() as u64 <= image_size)
+        .collect();
+    Ok(Some(Relocation {
+        patches,
+        tail: None,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +298,28 @@ mod tests {
         assert!(
             format!("{err:#}").contains("truncated or extended"),
             "{err:#}"
+        );
+    }
+
+    #[test]
+    fn restore_undoes_relocate() {
+        let size = 4u64 << 20;
+        let img = image(size);
+        for dev in [size + SECTOR, 3 * size] {
+            let r = relocate(&img[..HEAD as usize], size, dev).unwrap().unwrap();
+            let mut body = img.clone();
+            r.apply(0, &mut body);
+            assert!(body != img);
+            let back = restore(&body[..HEAD as usize], size, dev)
+                .unwrap()
+                .expect("a moved GPT");
+            assert!(back.apply(0, &mut body));
+            assert!(body == img, "device {dev}");
+        }
+        // Written with dd: the backup is still the image's own.
+        assert_eq!(
+            restore(&img[..HEAD as usize], size, 3 * size).unwrap(),
+            None
         );
     }
 }

@@ -230,6 +230,12 @@ fn open_target(o: &WriteOptions, host: &Host, kind: &Kind, image_size: u64) -> R
             })
         }
         Kind::File(len) => {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&o.device)
+                .with_context(|| format!("opening {shown} for writing"))?;
+            device::check_file_in_use(host, &o.device, &f)?;
             if *len > 0 {
                 confirm(
                     o,
@@ -239,11 +245,6 @@ fn open_target(o: &WriteOptions, host: &Host, kind: &Kind, image_size: u64) -> R
                     ),
                 )?;
             }
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&o.device)
-                .with_context(|| format!("opening {shown} for writing"))?;
             if *len < image_size {
                 f.set_len(image_size)
                     .with_context(|| format!("extending {shown} to {image_size} bytes"))?;
@@ -307,6 +308,14 @@ pub fn run(o: &WriteOptions) -> Result<Summary> {
             o.image.display(),
             o.device.display(),
             o.device.display()
+        );
+    }
+    if let Some(name) = own_output(&o.image, bmap_path.as_deref(), &o.device) {
+        bail!(
+            "refusing to write to {}: it is {name}, one of the build's outputs beside {}; name \
+             the stick (/dev/sdX) or another file",
+            o.device.display(),
+            o.image.display()
         );
     }
     if o.verify_only {
@@ -439,6 +448,38 @@ fn write_and_verify(
     )?;
     done.verify_seconds = start.elapsed().as_secs_f64();
     Ok(done)
+}
+
+/// The name of the build output beside `image` (its block map, manifest,
+/// SHA256SUMS, the other of .raw and .raw.zst, or any output the manifest
+/// lists) that `target` is, if it is one: writing there would destroy it.
+fn own_output(image: &Path, bmap: Option<&Path>, target: &Path) -> Option<String> {
+    let mut files: Vec<PathBuf> = bmap::candidates(image);
+    files.extend(bmap.map(Path::to_path_buf));
+    files.push(image.with_file_name("manifest.json"));
+    files.push(image.with_file_name("SHA256SUMS"));
+    let name = image.file_name()?.to_string_lossy().into_owned();
+    if let Some(stem) = name.strip_suffix(".raw.zst") {
+        files.push(image.with_file_name(format!("{stem}.raw")));
+    } else if let Some(stem) = name.strip_suffix(".raw") {
+        files.push(image.with_file_name(format!("{stem}.raw.zst")));
+    }
+    let listed = fs::read(image.with_file_name("manifest.json"))
+        .ok()
+        .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+        .and_then(|m| {
+            m["outputs"]
+                .as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>())
+        })
+        .unwrap_or_default();
+    files.extend(listed.iter().map(|n| image.with_file_name(n)));
+    files.into_iter().find(|f| same_file(f, target)).map(|f| {
+        f.file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    })
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
