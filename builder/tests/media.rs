@@ -1244,58 +1244,6 @@ fn every_converted_disk_is_checked_by_qemu_img() {
     );
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The cached Debian bookworm base (tests/fixtures/debian-base.sh), or
-/// None (skip, noted; a failure in CI).
-fn debian_base() -> Option<PathBuf> {
-    let out = Command::new(repo().join("tests/fixtures/debian-base.sh"))
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the Debian base is required in CI: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        eprintln!("skipping: no Debian base");
-        return None;
-    }
-    let path = String::from_utf8_lossy(&out.stdout);
-    Some(PathBuf::from(path.lines().next().unwrap().trim()))
-}
-
-/// The demo recipe with absolute paths and its base pinned by digest.
-fn demo_recipe(dir: &Path, base: &Path) -> PathBuf {
-    let r = repo();
-    let text = fs::read_to_string(r.join("recipes/demo.toml"))
-        .unwrap()
-        .replace(
-            "template_dir = \"templates\"",
-            &format!("template_dir = \"{}/recipes/templates\"", r.display()),
-        )
-        .replace(
-            "\"../overlays/demo\"",
-            &format!("\"{}/overlays/demo\"", r.display()),
-        )
-        .replace(
-            "path = \"../out/fixtures/debian-bookworm.tar.zst\"",
-            &format!(
-                "path = \"{}\"\nsha256 = \"{}\"",
-                base.display(),
-                sha256_file(base)
-            ),
-        );
-    let p = dir.join("demo.toml");
-    fs::write(&p, text).unwrap();
-    p
-}
-
 /// The demo image written by `airlock write` to a stick twice its size
 /// that held another disk's partition table: the stick's GPT is whole and
 /// the stick boots to the demo's first-boot report.

@@ -409,3 +409,90 @@ pub fn root_fs(raw: &Path, m: &serde_json::Value) -> ext4_view::Ext4 {
     }))
     .unwrap()
 }
+
+#[allow(dead_code)]
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The cached Debian bookworm base (tests/fixtures/debian-base.sh), or
+/// None (skip; a failure in CI) when it cannot be had.
+#[allow(dead_code)]
+pub fn debian_base() -> Option<PathBuf> {
+    let out = Command::new(repo().join("tests/fixtures/debian-base.sh"))
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the Debian base is required in CI: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!(
+            "skipping: no Debian base ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return None;
+    }
+    Some(PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap()
+            .trim(),
+    ))
+}
+
+/// The demo recipe, with its relative paths made absolute and the base
+/// pinned by digest (the repo's copy is pinned by its lock file).
+#[allow(dead_code)]
+pub fn demo_recipe(dir: &Path, base: &Path) -> PathBuf {
+    let text = fs::read_to_string(repo().join("recipes/demo.toml")).unwrap();
+    let r = repo();
+    let text = text
+        .replace(
+            "template_dir = \"templates\"",
+            &format!("template_dir = \"{}/recipes/templates\"", r.display()),
+        )
+        .replace(
+            "\"../overlays/demo\"",
+            &format!("\"{}/overlays/demo\"", r.display()),
+        )
+        .replace(
+            "path = \"../out/fixtures/debian-bookworm.tar.zst\"",
+            &format!(
+                "path = \"{}\"\nsha256 = \"{}\"",
+                base.display(),
+                sha256_file(base)
+            ),
+        );
+    // Test-only unit, ordered after the first-boot unit on every boot: its
+    // line on the console means the first-boot unit has had its chance to
+    // run (or was skipped), so a second boot can stop there and be judged.
+    let settled = dir.join("airlock-test-settled.service");
+    fs::write(
+        &settled,
+        "[Unit]\nAfter=airlock-demo-firstboot.service multi-user.target\n\
+         [Service]\nType=oneshot\nExecStart=/bin/echo AIRLOCK-TEST-BOOT-SETTLED\n\
+         StandardOutput=journal+console\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    let text = text.replace(
+        "enable = [\"airlock-demo-firstboot.service\"]",
+        "enable = [\"airlock-demo-firstboot.service\", \"airlock-test-settled.service\"]",
+    ) + &format!(
+        "\n[[file]]\nsource = \"{}\"\nsha256 = \"{}\"\npath = \"/etc/systemd/system/airlock-test-settled.service\"\nmode = \"0644\"\n",
+        settled.display(),
+        sha256_file(&settled)
+    );
+    assert!(
+        text.contains("airlock-test-settled.service\"]"),
+        "demo recipe changed shape"
+    );
+    let p = dir.join("demo.toml");
+    fs::write(&p, text).unwrap();
+    p
+}

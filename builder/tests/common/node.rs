@@ -27,40 +27,6 @@ pub const KUBEADM_IMAGES: [&str; 7] = [
 /// The one image of the test's CNI manifest.
 pub const CNI_IMAGE: &str = "docker.io/flannel/flannel:v0.28.4";
 
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The cached Debian bookworm base (tests/fixtures/debian-base.sh), or
-/// None (skip; a failure in CI) when it cannot be had.
-pub fn debian_base() -> Option<PathBuf> {
-    let out = Command::new(repo().join("tests/fixtures/debian-base.sh"))
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the Debian base is required in CI: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        eprintln!(
-            "skipping: no Debian base ({})",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        return None;
-    }
-    Some(PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap()
-            .trim(),
-    ))
-}
-
 /// The three preload archives: gzip OCI, zstd OCI and a plain `docker
 /// save`, carrying kubeadm's images and the CNI image between them.
 pub fn archives() -> Vec<(&'static str, Vec<u8>, Vec<&'static str>)> {
