@@ -77,21 +77,13 @@ pub fn say(msg: impl AsRef<str>) {
 }
 
 /// Writes `data` to `path` through a temporary file in the same folder,
-/// so a crash never leaves a half-written file under the final name.
+/// so a crash never leaves a half-written file under the final name; the
+/// file is root's alone (0600).
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().context("a file path has a parent folder")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(data)
-        .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("renaming the temporary file to {}", path.display()))?;
-    Ok(())
+    write_with_mode(path, data, 0o600)
 }
 
-/// Like [`write_atomic`], with `mode` from the first byte (a key is never
+/// [`write_atomic`] with another `mode`, set from the first byte (a key is never
 /// readable by others, not even for a moment; /etc/hostname is by all).
 pub(crate) fn write_with_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
