@@ -456,7 +456,6 @@ fn write_and_verify(
 fn own_output(image: &Path, bmap: Option<&Path>, target: &Path) -> Option<String> {
     let mut files: Vec<PathBuf> = bmap::candidates(image);
     files.extend(bmap.map(Path::to_path_buf));
-    files.push(image.with_file_name("manifest.json"));
     files.push(image.with_file_name("SHA256SUMS"));
     let name = image.file_name()?.to_string_lossy().into_owned();
     if let Some(stem) = name.strip_suffix(".raw.zst") {
@@ -464,16 +463,19 @@ fn own_output(image: &Path, bmap: Option<&Path>, target: &Path) -> Option<String
     } else if let Some(stem) = name.strip_suffix(".raw") {
         files.push(image.with_file_name(format!("{stem}.raw.zst")));
     }
-    let listed = fs::read(image.with_file_name("manifest.json"))
-        .ok()
-        .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
-        .and_then(|m| {
-            m["outputs"]
-                .as_object()
-                .map(|o| o.keys().cloned().collect::<Vec<_>>())
-        })
-        .unwrap_or_default();
+    let manifest = image.with_file_name("manifest.json");
+    let listed =
+        crate::image::read_small_file(&manifest, crate::image::SMALL_FILE_LIMIT, "manifest")
+            .ok()
+            .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+            .and_then(|m| {
+                m["outputs"]
+                    .as_object()
+                    .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            })
+            .unwrap_or_default();
     files.extend(listed.iter().map(|n| image.with_file_name(n)));
+    files.push(manifest);
     files.into_iter().find(|f| same_file(f, target)).map(|f| {
         f.file_name()
             .unwrap_or_default()
