@@ -334,9 +334,6 @@ fn mounts(text: &str) -> Vec<Mount> {
 /// Mount points whose disk must never be written.
 const SYSTEM_MOUNTS: &[&str] = &["/", "/boot", "/boot/efi", "/efi", "/usr"];
 
-/// Refuses a target that is a partition, holds the running system, is
-/// mounted, held, used as swap, read-only, smaller than `image_size`, or
-/// (unless `force`) not removable.
 /// Why writing to the disk `name` would overwrite `image` itself: the
 /// image is the loop device's backing file, or lives on a filesystem on
 /// that disk.
@@ -357,6 +354,9 @@ pub(crate) fn holds_image(host: &Host, name: &str, image: &Path) -> Option<Strin
         .then(|| format!("{} is stored on /dev/{name}", image.display()))
 }
 
+/// Refuses a target that is a partition, holds the running system, is
+/// mounted, held, used as swap, read-only, smaller than `image_size`, or
+/// (unless `force`) not removable.
 pub(crate) fn check(
     host: &Host,
     path: &Path,
