@@ -261,11 +261,29 @@ impl Bmap {
     }
 
     pub fn load(path: &Path) -> Result<Bmap> {
+        Ok(Bmap::load_checked(path)?.0)
+    }
+
+    /// Reads the block map at `path` once: checks those bytes against a
+    /// `SHA256SUMS` beside it, when that file has a line for it (as `build`
+    /// writes), and parses the same bytes. Returns the map and its sha256.
+    pub fn load_checked(path: &Path) -> Result<(Bmap, String)> {
         let bytes =
             crate::image::read_small_file(path, crate::image::SMALL_FILE_LIMIT, "block map")?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        if let Some((sums, want)) = sums_line(path) {
+            if sha256 != want {
+                bail!(
+                    "{} has sha256 {sha256} but {} says {want}: the block map is not the one that was built",
+                    path.display(),
+                    sums.display()
+                );
+            }
+            tracing::debug!("{} matches {}", path.display(), sums.display());
+        }
         let text = String::from_utf8(bytes)
             .with_context(|| format!("{} is not text: not a block map", path.display()))?;
-        Bmap::parse(&text, &path.display().to_string())
+        Ok((Bmap::parse(&text, &path.display().to_string())?, sha256))
     }
 }
 
@@ -353,35 +371,17 @@ pub fn candidates(image: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Checks `bmap_path` against a `SHA256SUMS` beside it, when that file has
-/// a line for it (as `build` writes): a block map that differs from the one
-/// built is refused.
-pub fn check_sums(bmap_path: &Path) -> Result<bool> {
-    let Some(dir) = bmap_path.parent() else {
-        return Ok(false);
-    };
-    let sums = dir.join("SHA256SUMS");
-    let Ok(text) = fs::read_to_string(&sums) else {
-        return Ok(false);
-    };
+/// The `SHA256SUMS` beside `bmap_path` and the sha256 it gives for it, when
+/// it has a line for it.
+fn sums_line(bmap_path: &Path) -> Option<(PathBuf, String)> {
+    let sums = bmap_path.parent()?.join("SHA256SUMS");
+    let text = fs::read_to_string(&sums).ok()?;
     let name = bmap_path.file_name().unwrap_or_default().to_string_lossy();
-    let Some(want) = text.lines().find_map(|l| {
+    let want = text.lines().find_map(|l| {
         let (sum, n) = l.split_once("  ")?;
         (n == name).then(|| sum.to_string())
-    }) else {
-        return Ok(false);
-    };
-    let data =
-        crate::image::read_small_file(bmap_path, crate::image::SMALL_FILE_LIMIT, "block map")?;
-    let got = hex::encode(Sha256::digest(&data));
-    if got != want {
-        bail!(
-            "{} has sha256 {got} but {} says {want}: the block map is not the one that was built",
-            bmap_path.display(),
-            sums.display()
-        );
-    }
-    Ok(true)
+    })?;
+    Some((sums, want))
 }
 
 #[cfg(test)]

@@ -374,9 +374,10 @@ fn block_map(
         return Ok(None);
     };
     let shown = p.display().to_string();
-    let loaded = crate::bmap::check_sums(&p)
-        .and_then(|_| vouched(&p, &listed, external.map(|(_, s)| s)))
-        .and_then(|_| crate::bmap::Bmap::load(&p));
+    let loaded = crate::bmap::Bmap::load_checked(&p).and_then(|(map, sha256)| {
+        vouched(&sha256, &listed, external.map(|(_, s)| s))?;
+        Ok(map)
+    });
     match loaded {
         Ok(map) => v.record(
             "block map",
@@ -389,18 +390,20 @@ fn block_map(
     Ok(Some(p))
 }
 
-/// The block map at `p` is one the manifest lists (by sha256), when the
+/// The block map with sha256 `got` is one the manifest lists, when the
 /// manifest lists any: a map that is not could have been made to fit a
 /// changed image.
-fn vouched(p: &Path, listed: &[(&String, &String)], source: Option<&ManifestSource>) -> Result<()> {
+fn vouched(
+    got: &str,
+    listed: &[(&String, &String)],
+    source: Option<&ManifestSource>,
+) -> Result<()> {
     let Some(source) = source else {
         return Ok(());
     };
     if listed.is_empty() {
         return Ok(());
     }
-    let bytes = image::read_small_file(p, image::SMALL_FILE_LIMIT, "block map")?;
-    let got = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     if listed.iter().any(|(_, want)| **want == got) {
         return Ok(());
     }

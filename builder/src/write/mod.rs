@@ -93,10 +93,7 @@ fn load_bmap(
         None => bmap::candidates(&o.image).into_iter().find(|p| p.is_file()),
     };
     if let Some(p) = found {
-        if bmap::check_sums(&p)? {
-            tracing::debug!("{} matches the SHA256SUMS beside it", p.display());
-        }
-        return Ok((Bmap::load(&p)?, Some(p)));
+        return Ok((Bmap::load_checked(&p)?.0, Some(p)));
     }
     if format == Format::Zstd {
         let tried: Vec<String> = bmap::candidates(&o.image)
